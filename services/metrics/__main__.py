@@ -1,0 +1,12 @@
+"""``python -m services.metrics``: serve the cluster-wide Prometheus metrics."""
+
+from aiohttp import web
+
+from services.metrics.app import create_app
+from shared.observability import configure_logging
+from shared.settings import Settings
+
+if __name__ == "__main__":
+    settings = Settings()
+    configure_logging(settings.log_level)
+    web.run_app(create_app(settings), host=settings.host, port=settings.metrics_port, print=None)

@@ -1,0 +1,49 @@
+"""The metrics service: the cluster-wide Prometheus view, read from Redis and the ledger at scrape time."""
+
+from __future__ import annotations
+
+from aiohttp import web
+from prometheus_client import Gauge
+
+from shared.backends import PG, REDIS, SETTINGS, pg_ctx, redis_ctx
+from shared.observability import add_ops_routes, pg_check, redis_check
+from shared.queues import ALL_QUEUES
+from shared.settings import Settings
+
+QUEUE_DEPTH = Gauge("trawl_queue_depth", "Jobs waiting in each queue (queued and deferred)", ["queue"])
+JOBS = Gauge("trawl_jobs", "Jobs in the ledger by state", ["state"])
+PAGES = Gauge("trawl_pages_stored", "Pages in the page store")
+
+_STATES = ("queued", "running", "succeeded", "failed")
+
+
+def create_app(settings: Settings) -> web.Application:
+    app = web.Application()
+    app[SETTINGS] = settings
+    app.cleanup_ctx.extend([pg_ctx("metrics"), redis_ctx])
+
+    async def refresh() -> None:
+        async with app[REDIS].pipeline(transaction=False) as pipe:
+            for queue in ALL_QUEUES:
+                pipe.zcard(queue)
+            depths = await pipe.execute()
+        for queue, depth in zip(ALL_QUEUES, depths, strict=True):
+            QUEUE_DEPTH.labels(queue).set(depth)
+        row = await app[PG].fetchrow(
+            "SELECT count(*) FILTER (WHERE status = 'queued') AS queued,"
+            " count(*) FILTER (WHERE status = 'running') AS running,"
+            " count(*) FILTER (WHERE status = 'succeeded') AS succeeded,"
+            " count(*) FILTER (WHERE status = 'failed') AS failed,"
+            " (SELECT count(*) FROM pages) AS pages FROM jobs"
+        )
+        for state in _STATES:
+            JOBS.labels(state).set(row[state])
+        PAGES.set(row["pages"])
+
+    add_ops_routes(
+        app,
+        "metrics",
+        lambda: {"postgres": pg_check(app[PG]), "redis": redis_check(app[REDIS])},
+        before_scrape=refresh,
+    )
+    return app

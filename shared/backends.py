@@ -1,0 +1,34 @@
+"""aiohttp cleanup contexts for the backends every service app holds: its own asyncpg pool and Redis client."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+
+import asyncpg
+from aiohttp import web
+from redis.asyncio import Redis
+
+from shared.db import create_db_pool
+from shared.settings import Settings
+
+SETTINGS = web.AppKey("settings", Settings)
+PG = web.AppKey("pg", asyncpg.Pool)
+REDIS = web.AppKey("redis", Redis)
+
+
+def pg_ctx(service: str) -> Callable[[web.Application], AsyncIterator[None]]:
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        async with create_db_pool(app[SETTINGS], service) as pool:
+            app[PG] = pool
+            yield
+
+    return ctx
+
+
+async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
+    client = Redis.from_url(app[SETTINGS].redis_url)
+    app[REDIS] = client
+    try:
+        yield
+    finally:
+        await client.aclose()

@@ -1,0 +1,58 @@
+"""The one typed settings object every trawl service is built from.
+
+Settings are read from the environment once, in a service's ``__main__`` (or built directly by a test), and passed
+down; no other module reads the environment.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="TRAWL_", extra="ignore", frozen=True)
+
+    # The two shared backends. ``DATABASE_URL`` and ``REDIS_URL`` are the names every platform sets.
+    database_url: str = Field(
+        "postgresql://postgres@localhost:5432/postgres",
+        validation_alias=AliasChoices("DATABASE_URL", "TRAWL_DATABASE_URL"),
+    )
+    redis_url: str = Field(
+        "redis://localhost:6379/0", validation_alias=AliasChoices("REDIS_URL", "TRAWL_REDIS_URL")
+    )
+
+    # Where each service listens. Every service serves /metrics and /healthz on its own port.
+    host: str = "127.0.0.1"
+    gateway_port: int = Field(8080, ge=0, le=65535)
+    scraper_port: int = Field(8081, ge=0, le=65535)
+    storage_port: int = Field(8082, ge=0, le=65535)
+    archival_port: int = Field(8083, ge=0, le=65535)
+    metrics_port: int = Field(9090, ge=0, le=65535)
+
+    # asyncpg pool, one per service process.
+    pg_pool_min: int = Field(1, ge=0, le=100)
+    pg_pool_max: int = Field(5, ge=1, le=200)
+    pg_command_timeout_s: float = Field(30.0, gt=0)
+
+    # Scraper.
+    scraper_max_jobs: int = Field(8, ge=1, le=1000)
+    browser_concurrency: int = Field(4, ge=1, le=64)
+    browser_path: str | None = None
+    browser_headless: bool = True
+    http_max_connections: int = Field(100, ge=1, le=10_000)
+    max_body_bytes: int = Field(20 * 1024 * 1024, ge=1024)
+    default_timeout_s: float = Field(30.0, gt=0, le=600)
+    user_agent: str = "trawl/0.1 (+https://github.com/trawl)"
+
+    # Storage.
+    storage_max_jobs: int = Field(50, ge=1, le=10_000)
+
+    # arq queue behaviour.
+    queue_poll_delay_s: float = Field(0.1, gt=0, le=5)
+
+    # ``trawl up``: where embedded PostgreSQL and Valkey keep their data.
+    data_dir: Path = Path(".trawl")
+    log_level: str = "INFO"
