@@ -13,7 +13,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="TRAWL_", extra="ignore", frozen=True)
+    model_config = SettingsConfigDict(env_prefix="TRAWL_", extra="ignore", frozen=True, populate_by_name=True)
 
     # The two shared backends. ``DATABASE_URL`` and ``REDIS_URL`` are the names every platform sets.
     database_url: str = Field(

@@ -1,0 +1,167 @@
+"""End to end: the five services running as processes under ``trawl up``, on real PostgreSQL, Valkey and
+Chromium, scraping the local test website."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Iterator
+
+import aiohttp
+import asyncpg
+import orjson
+import pytest
+
+from shared.codecs import decompress
+from shared.queues import ScrapeRequest, create_queue_pool, enqueue_scrape
+from shared.settings import Settings
+from tests.cluster import cluster_env, start_trawl_up, stop_trawl_up, submit, wait_for_job, wait_until_up
+from tests.conftest import free_port
+from tests.site import LocalSite
+
+
+@pytest.fixture(scope="module")
+def cluster(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
+    ports = {
+        "gateway": settings.gateway_port,
+        "scraper": settings.scraper_port,
+        "storage": settings.storage_port,
+        "archival": settings.archival_port,
+        "metrics": settings.metrics_port,
+    }
+    folder = tmp_path_factory.mktemp("cluster")
+    env = cluster_env(ports, folder, DATABASE_URL=settings.database_url, REDIS_URL=settings.redis_url)
+    log = folder / "trawl-up.log"
+    proc = start_trawl_up(env, log)
+    try:
+        wait_until_up(proc, log)
+        yield settings
+    finally:
+        code = stop_trawl_up(proc)
+        assert code == 0, log.read_text()[-3000:]
+
+
+@pytest.fixture
+async def gateway(cluster: Settings) -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession(base_url=f"http://127.0.0.1:{cluster.gateway_port}") as session:
+        yield session
+
+
+async def test_http_job_is_fetched_read_and_stored(
+    gateway: aiohttp.ClientSession, site: LocalSite, pg: asyncpg.Pool
+) -> None:
+    job_id = await submit(gateway, url=site.url("/page/1"), formats=["html", "text", "links", "metadata"])
+    job = await wait_for_job(gateway, job_id)
+    assert job["status"] == "succeeded", job
+    assert job["attempts"] == 1
+    assert job["timings"]["fetch_ms"] is not None and job["timings"]["total_ms"] >= job["timings"]["fetch_ms"]
+
+    row = await pg.fetchrow("SELECT * FROM pages WHERE job_id = $1", uuid.UUID(job_id))
+    assert row is not None
+    assert row["status_code"] == 200 and row["render"] == "http"
+    assert row["title"] == "Page 1"
+    html = decompress(row["html_br"]).decode()
+    assert "<h1>Page 1</h1>" in html
+    # Plain HTTP never runs the page's JavaScript.
+    assert "Written by JavaScript" not in row["text"]
+    assert row["links"] == [site.url("/page/2"), "https://example.org/x"]
+    assert row["metadata"]["description"] == "A page of the trawl test site"
+    assert row["metadata"]["og"] == {"title": "OG Page 1"}
+    assert row["metadata"]["language"] == "en"
+
+    async with gateway.get(f"/v1/jobs/{job_id}/result") as resp:
+        result = await resp.json()
+    assert resp.status == 200
+    assert result["title"] == "Page 1"
+    assert "<script>" not in result["html"] and "<h1>Page 1</h1>" in result["html"]
+    assert result["links"] == row["links"]
+
+
+async def test_browser_job_runs_the_pages_javascript(
+    gateway: aiohttp.ClientSession, site: LocalSite, pg: asyncpg.Pool
+) -> None:
+    job_id = await submit(gateway, url=site.url("/page/js"), render="browser", formats=["text", "markdown"])
+    job = await wait_for_job(gateway, job_id)
+    assert job["status"] == "succeeded", job
+    row = await pg.fetchrow("SELECT render, text, markdown, title FROM pages WHERE job_id = $1", uuid.UUID(job_id))
+    assert row["render"] == "browser"
+    assert "Written by JavaScript 42" in row["text"]
+    assert "# Page js" in row["markdown"]
+
+
+async def test_outside_producer_pushes_straight_onto_the_queue(
+    cluster: Settings, gateway: aiohttp.ClientSession, site: LocalSite, pg: asyncpg.Pool
+) -> None:
+    request = ScrapeRequest(url=site.url("/page/outside"))  # type: ignore[arg-type]
+    queue = await create_queue_pool(cluster)
+    try:
+        assert await enqueue_scrape(queue, request)
+        # The payload in Redis is JSON that any language can write, not a pickle.
+        raw = await queue.get(f"arq:job:{request.id}")
+        assert raw is None or orjson.loads(raw)["f"] == "scrape_page"
+    finally:
+        await queue.aclose()
+    job = await wait_for_job(gateway, str(request.id))
+    assert job["status"] == "succeeded", job
+    assert await pg.fetchval("SELECT title FROM pages WHERE job_id = $1", request.id) == "Page outside"
+
+
+async def test_invalid_payload_from_outside_producer_fails_the_job_with_its_reason(
+    cluster: Settings, gateway: aiohttp.ClientSession
+) -> None:
+    job_id = uuid.uuid4()
+    queue = await create_queue_pool(cluster)
+    try:
+        await queue.enqueue_job(
+            "scrape_page", {"id": str(job_id), "url": "not a url"}, _job_id=str(job_id), _queue_name="trawl:scrape"
+        )
+    finally:
+        await queue.aclose()
+    job = await wait_for_job(gateway, str(job_id))
+    assert job["status"] == "failed"
+    assert "invalid scrape_page payload" in job["error"] and "url" in job["error"]
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "reason"),
+    [
+        ("/status/404", {}, "HTTP 404"),
+        ("/status/503", {}, "HTTP 503"),
+        ("/slow?s=30", {"timeout_s": 1}, "within 1 s"),
+        ("/loop", {}, "too many redirects"),
+        (None, {"render": "browser", "timeout_s": 5}, "cannot connect"),
+        (None, {}, "cannot connect"),
+    ],
+)
+async def test_bad_pages_end_failed_with_the_reason(
+    gateway: aiohttp.ClientSession, site: LocalSite, path: str | None, body: dict[str, object], reason: str
+) -> None:
+    # No path: a port on which nothing listens.
+    url = site.url(path) if path else f"http://127.0.0.1:{free_port()}/"
+    job_id = await submit(gateway, url=url, **body)
+    job = await wait_for_job(gateway, job_id)
+    assert job["status"] == "failed"
+    assert reason in job["error"]
+    async with gateway.get(f"/v1/jobs/{job_id}/result") as resp:
+        assert resp.status == 409
+        assert resp.content_type == "application/problem+json"
+
+
+async def test_every_service_serves_healthz_and_metrics(cluster: Settings, gateway: aiohttp.ClientSession) -> None:
+    async with aiohttp.ClientSession() as session:
+        for port in (
+            cluster.gateway_port, cluster.scraper_port, cluster.storage_port, cluster.archival_port,
+            cluster.metrics_port,
+        ):
+            async with session.get(f"http://127.0.0.1:{port}/healthz") as resp:
+                health = await resp.json()
+                assert resp.status == 200, health
+                assert set(health["checks"].values()) == {"ok"}
+            async with session.get(f"http://127.0.0.1:{port}/metrics") as resp:
+                assert resp.status == 200
+                assert "process_resident_memory_bytes" in await resp.text()
+        async with session.get(f"http://127.0.0.1:{cluster.metrics_port}/metrics") as resp:
+            text = await resp.text()
+    assert 'trawl_queue_depth{queue="trawl:scrape"}' in text
+    assert 'trawl_queue_depth{queue="trawl:store"}' in text
+    for state in ("queued", "running", "succeeded", "failed"):
+        assert f'trawl_jobs{{state="{state}"}}' in text
