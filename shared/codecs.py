@@ -12,11 +12,13 @@ _QUALITY = 5
 
 
 def compress(data: bytes) -> bytes:
-    return brotli.compress(data, quality=_QUALITY)
+    out: bytes = brotli.compress(data, quality=_QUALITY)
+    return out
 
 
 def decompress(data: bytes) -> bytes:
-    return brotli.decompress(data)
+    out: bytes = brotli.decompress(data)
+    return out
 
 
 def pack_body(body: str) -> str:

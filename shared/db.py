@@ -49,7 +49,7 @@ async def create_db_pool(settings: Settings, application_name: str) -> AsyncIter
 
 def _migration_files() -> list[tuple[str, str]]:
     folder = resources.files("shared") / "migrations"
-    files = sorted(f for f in folder.iterdir() if f.name.endswith(".sql"))
+    files = sorted((f for f in folder.iterdir() if f.name.endswith(".sql")), key=lambda f: f.name)
     return [(f.name, f.read_text()) for f in files]
 
 

@@ -1,13 +1,13 @@
 """trawl's exceptions, in one tree::
 
-    TrawlError
-    ├── ScrapeError              the page could not be fetched or read; the job ends ``failed`` with the message
-    │   ├── FetchTimeout         (also a TimeoutError) the page did not answer within the job's timeout
-    │   ├── HostUnreachable      (also a ConnectionError) DNS, refused or reset connections
-    │   ├── HTTPStatusError      the site answered with a 4xx or 5xx status
-    │   ├── BodyTooLarge         the body is larger than the configured cap
-    │   └── BrowserError         the browser or the tab failed while rendering
-    └── BrowserUnavailable       no Chromium could be found or launched (a setup problem, not a page problem)
+TrawlError
+├── ScrapeError              the page could not be fetched or read; the job ends ``failed`` with the message
+│   ├── FetchTimeout         (also a TimeoutError) the page did not answer within the job's timeout
+│   ├── HostUnreachable      (also a ConnectionError) DNS, refused or reset connections
+│   ├── HTTPStatusError      the site answered with a 4xx or 5xx status
+│   ├── BodyTooLarge         the body is larger than the configured cap
+│   └── BrowserError         the browser or the tab failed while rendering
+└── BrowserUnavailable       no Chromium could be found or launched (a setup problem, not a page problem)
 """
 
 from __future__ import annotations

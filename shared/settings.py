@@ -20,9 +20,7 @@ class Settings(BaseSettings):
         "postgresql://postgres@localhost:5432/postgres",
         validation_alias=AliasChoices("DATABASE_URL", "TRAWL_DATABASE_URL"),
     )
-    redis_url: str = Field(
-        "redis://localhost:6379/0", validation_alias=AliasChoices("REDIS_URL", "TRAWL_REDIS_URL")
-    )
+    redis_url: str = Field("redis://localhost:6379/0", validation_alias=AliasChoices("REDIS_URL", "TRAWL_REDIS_URL"))
 
     # Where each service listens. Every service serves /metrics and /healthz on its own port.
     host: str = "127.0.0.1"

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from contextlib import AsyncExitStack
 from typing import Any
 
 from aiohttp import web
+from arq.typing import StartupShutdown
 from arq.worker import Function, Worker
 
 from shared.observability import HealthCheck, add_ops_routes, redis_check, serve_app
@@ -25,8 +26,8 @@ def build_worker(
     functions: Sequence[Function],
     queue_name: str,
     max_jobs: int,
-    on_startup: Callable[[dict[str, Any]], Awaitable[None]],
-    on_shutdown: Callable[[dict[str, Any]], Awaitable[None]],
+    on_startup: StartupShutdown,
+    on_shutdown: StartupShutdown,
 ) -> Worker:
     return Worker(
         functions=functions,

@@ -57,8 +57,8 @@ async def submit(session: aiohttp.ClientSession, **body: Any) -> str:
     return str(answer["id"])
 
 
-async def wait_for_job(session: aiohttp.ClientSession, job_id: str, timeout: float = 60) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
+async def wait_for_job(session: aiohttp.ClientSession, job_id: str, within_s: float = 60) -> dict[str, Any]:
+    deadline = time.monotonic() + within_s
     while time.monotonic() < deadline:
         async with session.get(f"/v1/jobs/{job_id}") as resp:
             if resp.status == 200:
@@ -66,4 +66,4 @@ async def wait_for_job(session: aiohttp.ClientSession, job_id: str, timeout: flo
                 if job["status"] in ("succeeded", "failed"):
                     return job
         await asyncio.sleep(0.1)
-    raise AssertionError(f"job {job_id} did not end within {timeout} s")
+    raise AssertionError(f"job {job_id} did not end within {within_s} s")

@@ -149,7 +149,10 @@ async def test_bad_pages_end_failed_with_the_reason(
 async def test_every_service_serves_healthz_and_metrics(cluster: Settings, gateway: aiohttp.ClientSession) -> None:
     async with aiohttp.ClientSession() as session:
         for port in (
-            cluster.gateway_port, cluster.scraper_port, cluster.storage_port, cluster.archival_port,
+            cluster.gateway_port,
+            cluster.scraper_port,
+            cluster.storage_port,
+            cluster.archival_port,
             cluster.metrics_port,
         ):
             async with session.get(f"http://127.0.0.1:{port}/healthz") as resp:

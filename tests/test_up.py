@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import time
+import asyncio
 from pathlib import Path
 
 import aiohttp
@@ -57,8 +57,6 @@ async def test_trawl_up_runs_from_nothing_and_stops_cleanly_on_sigint(tmp_path: 
     text = log.read_text()
     assert "trawl: stopped" in text
     assert "Traceback" not in text, text[-3000:]
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline and any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in started):
-        time.sleep(0.1)
-    left = [p for p in started if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    _, left = await asyncio.to_thread(psutil.wait_procs, started, timeout=5)
+    left = [p for p in left if p.status() != psutil.STATUS_ZOMBIE]
     assert not left, [p.cmdline() for p in left]

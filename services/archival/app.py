@@ -20,8 +20,7 @@ def create_app(settings: Settings) -> web.Application:
 
     async def refresh() -> None:
         rows = await app[PG].fetch(
-            "SELECT to_char(date_trunc('month', fetched_at), 'YYYY-MM') AS month, count(*) AS n"
-            " FROM pages GROUP BY 1"
+            "SELECT to_char(date_trunc('month', fetched_at), 'YYYY-MM') AS month, count(*) AS n FROM pages GROUP BY 1"
         )
         PAGES_BY_MONTH.clear()
         for row in rows:

@@ -53,7 +53,9 @@ async def submit_job(request: web.Request) -> web.Response:
         return problem(422, "Invalid request", "the body must be a JSON object", errors=[{"field": "body"}])
     if "id" in body:
         return problem(
-            422, "Invalid request", "invalid value for: id",
+            422,
+            "Invalid request",
+            "invalid value for: id",
             errors=[{"field": "id", "message": "job ids are assigned by the gateway"}],
         )
     try:
@@ -178,7 +180,5 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_post("/v1/jobs", submit_job)
     app.router.add_get("/v1/jobs/{id}", get_job)
     app.router.add_get("/v1/jobs/{id}/result", get_result)
-    add_ops_routes(
-        app, "gateway", lambda: {"postgres": pg_check(app[PG]), "redis": redis_check(app[QUEUE])}
-    )
+    add_ops_routes(app, "gateway", lambda: {"postgres": pg_check(app[PG]), "redis": redis_check(app[QUEUE])})
     return app

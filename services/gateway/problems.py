@@ -17,8 +17,6 @@ def problem(status: int, title: str, detail: str, **extra: Any) -> web.Response:
 
 
 def invalid(exc: ValidationError) -> web.Response:
-    errors = [
-        {"field": ".".join(str(p) for p in e["loc"]) or "body", "message": e["msg"]} for e in exc.errors()
-    ]
+    errors = [{"field": ".".join(str(p) for p in e["loc"]) or "body", "message": e["msg"]} for e in exc.errors()]
     fields = ", ".join(dict.fromkeys(e["field"] for e in errors))
     return problem(422, "Invalid request", f"invalid value for: {fields}", errors=errors)

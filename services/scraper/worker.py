@@ -158,7 +158,7 @@ async def scrape_page(ctx: dict[str, Any], payload: Any) -> str:
         url=str(request.url),
         render=request.render,
         formats=request.formats,
-        outcome=outcome,  # type: ignore[arg-type]
+        outcome=outcome,
         error=error,
         started_at=started,
         finished_at=datetime.now(UTC),
@@ -171,15 +171,21 @@ async def scrape_page(ctx: dict[str, Any], payload: Any) -> str:
         # The page is fetched but storage never heard of it: run the job again rather than lose it.
         log.warning("job %s: store queue unavailable (%s), retrying", request.id, exc)
         raise Retry(defer=ctx["job_try"] * 2) from exc
-    log.info("job %s %s in %.0f ms (%s)%s", request.id, outcome, elapsed * 1000, request.render.value,
-             f": {error}" if error else "")
+    log.info(
+        "job %s %s in %.0f ms (%s)%s",
+        request.id,
+        outcome,
+        elapsed * 1000,
+        request.render.value,
+        f": {error}" if error else "",
+    )
     return outcome
 
 
 def create_worker(settings: Settings) -> Worker:
     return build_worker(
         settings,
-        functions=[func(scrape_page, name=SCRAPE_PAGE, timeout=JOB_TIMEOUT_S, max_tries=5)],  # type: ignore[arg-type]
+        functions=[func(scrape_page, name=SCRAPE_PAGE, timeout=JOB_TIMEOUT_S, max_tries=5)],
         queue_name=SCRAPE_QUEUE,
         max_jobs=settings.scraper_max_jobs,
         on_startup=startup,

@@ -115,7 +115,7 @@ def create_worker(settings: Settings) -> Worker:
     return build_worker(
         settings,
         # Retried for a long while: a result is only lost if PostgreSQL stays away for all of them.
-        functions=[func(store_result, name=STORE_RESULT, timeout=60, max_tries=20)],  # type: ignore[arg-type]
+        functions=[func(store_result, name=STORE_RESULT, timeout=60, max_tries=20)],
         queue_name=STORE_QUEUE,
         max_jobs=settings.storage_max_jobs,
         on_startup=startup,
