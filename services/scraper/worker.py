@@ -128,9 +128,13 @@ async def scrape_page(ctx: dict[str, Any], payload: Any) -> str:
         await _reject(deps, payload, exc)
         return "rejected"
 
-    attempts = await deps.pg.fetchval(
-        _MARK_RUNNING, request.id, str(request.url), request.render.value, [f.value for f in request.formats]
-    )
+    try:
+        attempts = await deps.pg.fetchval(
+            _MARK_RUNNING, request.id, str(request.url), request.render.value, [f.value for f in request.formats]
+        )
+    except (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError) as exc:
+        log.warning("job %s: database unavailable (%s), retrying", request.id, exc)
+        raise Retry(defer=min(30, 2 ** ctx["job_try"])) from exc
     if attempts is None:
         # A replay of a job the ledger already closed (arq re-ran it after a lost acknowledgement).
         log.info("job %s already finished, skipping replay", request.id)
@@ -149,6 +153,11 @@ async def scrape_page(ctx: dict[str, Any], payload: Any) -> str:
     except TrawlError as exc:
         fields = {}
         outcome, error = "failed", str(exc)
+    except Exception as exc:
+        # A page that trips a bug of ours must still end its job with a reason, not leave it running forever.
+        log.exception("job %s: unexpected error", request.id)
+        fields = {}
+        outcome, error = "failed", f"internal error: {type(exc).__name__}: {exc}"
     elapsed = time.perf_counter() - t0
     SCRAPE_SECONDS.labels(request.render.value).observe(elapsed)
     SCRAPES.labels(request.render.value, outcome).inc()
@@ -185,7 +194,7 @@ async def scrape_page(ctx: dict[str, Any], payload: Any) -> str:
 def create_worker(settings: Settings) -> Worker:
     return build_worker(
         settings,
-        functions=[func(scrape_page, name=SCRAPE_PAGE, timeout=JOB_TIMEOUT_S, max_tries=5)],
+        functions=[func(scrape_page, name=SCRAPE_PAGE, timeout=JOB_TIMEOUT_S, max_tries=20)],
         queue_name=SCRAPE_QUEUE,
         max_jobs=settings.scraper_max_jobs,
         on_startup=startup,
