@@ -21,9 +21,9 @@ def decompress(data: bytes) -> bytes:
     return out
 
 
-def pack_body(body: str) -> str:
+def pack_body(body: bytes) -> str:
     """A body ready for a JSON payload: brotli, then base64."""
-    return base64.b64encode(compress(body.encode())).decode("ascii")
+    return base64.b64encode(compress(body)).decode("ascii")
 
 
 def unpack_body(packed: str) -> bytes:

@@ -9,25 +9,80 @@ from importlib import resources
 
 import asyncpg
 import orjson
+from asyncpg.connection import LoggedQuery
+from prometheus_client import Counter
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import REGISTRY, Collector
 
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
 
+SLOW_QUERIES = Counter("trawl_pg_slow_queries_total", "Queries over the slow-query thresholds", ["level"])
+
+
+class _PoolCollector(Collector):
+    """Size, idle connections and waiters of every live pool in this process, read at scrape time."""
+
+    def __init__(self) -> None:
+        self.pools: dict[str, asyncpg.Pool] = {}
+
+    def collect(self):  # type: ignore[no-untyped-def]
+        size = GaugeMetricFamily("trawl_pg_pool_size", "Connections open in the pool", labels=["pool"])
+        idle = GaugeMetricFamily("trawl_pg_pool_idle", "Connections idle in the pool", labels=["pool"])
+        waiters = GaugeMetricFamily(
+            "trawl_pg_pool_waiters", "Tasks waiting for a connection from the pool", labels=["pool"]
+        )
+        for name, pool in self.pools.items():
+            size.add_metric([name], pool.get_size())
+            idle.add_metric([name], pool.get_idle_size())
+            # asyncpg has no public count of waiters; its free-connection queue knows them.
+            queue = getattr(pool, "_queue", None)
+            waiters.add_metric([name], len(getattr(queue, "_getters", ())))
+        yield from (size, idle, waiters)
+
+
+POOLS = _PoolCollector()
+REGISTRY.register(POOLS)
+
+
+def _slow_query_logger(settings: Settings, application_name: str):  # type: ignore[no-untyped-def]
+    def log_query(query: LoggedQuery) -> None:
+        if query.elapsed >= settings.slow_query_error_s:
+            SLOW_QUERIES.labels("error").inc()
+            log.error("%s: query took %.2f s: %.300s", application_name, query.elapsed, query.query)
+        elif query.elapsed >= settings.slow_query_warn_s:
+            SLOW_QUERIES.labels("warning").inc()
+            log.warning("%s: query took %.2f s: %.300s", application_name, query.elapsed, query.query)
+
+    return log_query
+
+
 # Any fixed number works; it only has to be the same in every process that migrates.
 _MIGRATION_LOCK = 0x7472_6177_6C  # "trawl"
 
 
-async def _init_connection(conn: asyncpg.Connection) -> None:
-    for type_name in ("json", "jsonb"):
-        await conn.set_type_codec(
-            type_name, encoder=lambda v: orjson.dumps(v).decode(), decoder=orjson.loads, schema="pg_catalog"
-        )
+async def _set_codecs(conn: asyncpg.Connection) -> None:
+    # Binary codecs, so that COPY (binary only in asyncpg) can write JSON columns too. A jsonb value on the wire
+    # is a version byte (1) and the JSON text; a json value is the text alone.
+    await conn.set_type_codec(
+        "jsonb", encoder=lambda v: b"\x01" + orjson.dumps(v), decoder=lambda b: orjson.loads(b[1:]),
+        schema="pg_catalog", format="binary",
+    )  # fmt: skip
+    await conn.set_type_codec(
+        "json", encoder=orjson.dumps, decoder=orjson.loads, schema="pg_catalog", format="binary"
+    )
 
 
 @asynccontextmanager
 async def create_db_pool(settings: Settings, application_name: str) -> AsyncIterator[asyncpg.Pool]:
     """The service's asyncpg pool, named so that ``pg_stat_activity`` shows who holds which connection."""
+    query_logger = _slow_query_logger(settings, application_name)
+
+    async def init(conn: asyncpg.Connection) -> None:
+        await _set_codecs(conn)
+        conn.add_query_logger(query_logger)
+
     pool = await asyncpg.create_pool(
         settings.database_url,
         min_size=settings.pg_pool_min,
@@ -36,14 +91,17 @@ async def create_db_pool(settings: Settings, application_name: str) -> AsyncIter
         # Idle connections are recycled after an hour so server-side memory and stale sessions don't pile up.
         max_inactive_connection_lifetime=3600,
         server_settings={"application_name": f"trawl-{application_name}"},
-        init=_init_connection,
+        init=init,
     )
+    name = f"trawl-{application_name}"
+    POOLS.pools[name] = pool
     try:
         # Every service migrates at start; the advisory lock in migrate() makes concurrent starts safe.
         async with pool.acquire() as conn:
             await migrate(conn)
         yield pool
     finally:
+        POOLS.pools.pop(name, None)
         await pool.close()
 
 

@@ -32,7 +32,7 @@ ARCHIVE_QUEUE = "trawl:archive"
 ALL_QUEUES = (SCRAPE_QUEUE, STORE_QUEUE, ARCHIVE_QUEUE)
 
 SCRAPE_PAGE = "scrape_page"
-STORE_RESULT = "store_result"
+STORE_RESULTS = "store_results"
 
 
 class Format(StrEnum):
@@ -98,6 +98,15 @@ class ScrapeResult(BaseModel):
     metadata: dict[str, Any] | None = None
     # The HTML body, brotli-compressed and base64-encoded: JSON has no bytes, and bodies are large.
     html_br_b64: str | None = None
+    # blake2b-128 of the raw HTML, hex: byte-identical bodies are stored once.
+    content_hash: str | None = Field(None, pattern="^[0-9a-f]{32}$")
+
+
+class StoreBatch(BaseModel):
+    """The payload of a ``store_results`` job: one or more results, validated one by one so that a malformed
+    result fails alone."""
+
+    results: list[dict[str, Any]] = Field(min_length=1)
 
 
 def dumps(obj: Any) -> bytes:
@@ -128,11 +137,13 @@ async def enqueue_scrape(pool: ArqRedis, request: ScrapeRequest) -> bool:
     return job is not None
 
 
-async def enqueue_store(pool: ArqRedis, result: ScrapeResult) -> None:
-    # The arq id carries the outcome so that a replayed scrape enqueues at most one store job per outcome.
+async def enqueue_store(pool: ArqRedis, results: list[ScrapeResult]) -> None:
+    """Hand results to storage. A one-result job's arq id names its scrape job and outcome, so a replayed scrape
+    enqueues it at most once; storage also ignores results for jobs it has already closed."""
+    job_id = f"store:{results[0].job_id}:{results[0].outcome}" if len(results) == 1 else None
     await pool.enqueue_job(
-        STORE_RESULT,
-        result.model_dump(mode="json"),
-        _job_id=f"store:{result.job_id}:{result.outcome}",
+        STORE_RESULTS,
+        {"results": [r.model_dump(mode="json") for r in results]},
+        _job_id=job_id,
         _queue_name=STORE_QUEUE,
     )

@@ -34,6 +34,9 @@ class Settings(BaseSettings):
     pg_pool_min: int = Field(1, ge=0, le=100)
     pg_pool_max: int = Field(5, ge=1, le=200)
     pg_command_timeout_s: float = Field(30.0, gt=0)
+    # Queries slower than these are logged as a warning / an error, and counted.
+    slow_query_warn_s: float = Field(1.0, gt=0)
+    slow_query_error_s: float = Field(5.0, gt=0)
 
     # Scraper.
     scraper_max_jobs: int = Field(8, ge=1, le=1000)
@@ -45,8 +48,17 @@ class Settings(BaseSettings):
     default_timeout_s: float = Field(30.0, gt=0, le=600)
     user_agent: str = "trawl/0.1 (+https://github.com/trawl)"
 
-    # Storage.
-    storage_max_jobs: int = Field(50, ge=1, le=10_000)
+    # Storage: results are written in batches of up to this many rows, or after this long, whichever is first.
+    storage_max_jobs: int = Field(200, ge=1, le=10_000)
+    storage_batch_rows: int = Field(200, ge=1, le=10_000)
+    storage_batch_ms: int = Field(50, ge=1, le=10_000)
+    # A compressed body larger than this is refused (the job fails with the reason).
+    max_stored_body_bytes: int = Field(8 * 1024 * 1024, ge=1024)
+    # Finished jobs older than this are removed from the ledger by the storage service's hourly clean-up.
+    job_retention_days: int = Field(30, ge=1)
+
+    # The hot cache of latest pages in Redis.
+    cache_ttl_s: int = Field(300, ge=1, le=7 * 86400)
 
     # arq queue behaviour.
     queue_poll_delay_s: float = Field(0.1, gt=0, le=5)

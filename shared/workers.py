@@ -8,6 +8,7 @@ from contextlib import AsyncExitStack
 from typing import Any
 
 from aiohttp import web
+from arq.cron import CronJob
 from arq.typing import StartupShutdown
 from arq.worker import Function, Worker
 
@@ -28,9 +29,11 @@ def build_worker(
     max_jobs: int,
     on_startup: StartupShutdown,
     on_shutdown: StartupShutdown,
+    cron_jobs: Sequence[CronJob] = (),
 ) -> Worker:
     return Worker(
         functions=functions,
+        cron_jobs=cron_jobs,
         queue_name=queue_name,
         redis_settings=redis_settings(settings),
         job_serializer=dumps,

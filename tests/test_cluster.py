@@ -55,10 +55,12 @@ async def test_http_job_is_fetched_read_and_stored(
     assert job["attempts"] == 1
     assert job["timings"]["fetch_ms"] is not None and job["timings"]["total_ms"] >= job["timings"]["fetch_ms"]
 
-    row = await pg.fetchrow("SELECT * FROM pages WHERE job_id = $1", uuid.UUID(job_id))
+    row = await pg.fetchrow(
+        "SELECT p.*, b.html_br FROM pages p JOIN bodies b USING (content_hash) WHERE job_id = $1", uuid.UUID(job_id)
+    )
     assert row is not None
     assert row["status_code"] == 200 and row["render"] == "http"
-    assert row["title"] == "Page 1"
+    assert row["title"] == "Page 1" and row["domain"] == "127.0.0.1"
     html = decompress(row["html_br"]).decode()
     assert "<h1>Page 1</h1>" in html
     # Plain HTTP never runs the page's JavaScript.

@@ -21,7 +21,7 @@ from redis.exceptions import RedisError
 
 from services.scraper.fetch import Fetched, fetch_http, render_browser
 from shared.browser import BrowserPool
-from shared.codecs import pack_body
+from shared.codecs import content_hash, pack_body
 from shared.db import create_db_pool
 from shared.errors import TrawlError
 from shared.extract import extract, to_markdown
@@ -101,12 +101,14 @@ async def _reject(deps: Deps, payload: Any, exc: ValidationError) -> None:
 def _read(request: ScrapeRequest, fetched: Fetched) -> dict[str, Any]:
     """The result fields the request's formats ask for (html bodies are always kept, for reads and dedupe)."""
     page = extract(fetched.html, fetched.final_url)
+    raw = fetched.html.encode()
     fields: dict[str, Any] = {
         "final_url": fetched.final_url,
         "status_code": fetched.status_code,
         "headers": fetched.headers,
         "title": page.title,
-        "html_br_b64": pack_body(fetched.html),
+        "html_br_b64": pack_body(raw),
+        "content_hash": content_hash(raw).hex(),
     }
     wanted = set(request.formats)
     if Format.TEXT in wanted:
@@ -175,7 +177,7 @@ async def scrape_page(ctx: dict[str, Any], payload: Any) -> str:
         **fields,
     )
     try:
-        await enqueue_store(deps.queue, result)
+        await enqueue_store(deps.queue, [result])
     except RedisError as exc:
         # The page is fetched but storage never heard of it: run the job again rather than lose it.
         log.warning("job %s: store queue unavailable (%s), retrying", request.id, exc)

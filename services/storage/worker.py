@@ -1,123 +1,111 @@
-"""The storage worker: takes ``store_result`` jobs and writes pages and job outcomes to PostgreSQL."""
+"""The storage worker: takes ``store_results`` jobs and writes pages and job outcomes to PostgreSQL in batches."""
 
 from __future__ import annotations
 
 import logging
+import uuid
 from contextlib import AsyncExitStack
 from typing import Any
 
-import asyncpg
 from arq import Retry
+from arq.cron import cron
 from arq.worker import Worker, func
 from prometheus_client import Counter
 from pydantic import ValidationError
+from redis.asyncio import Redis
 
-from shared.codecs import content_hash, unpack_body
+from services.storage.batcher import BatchWriter
 from shared.db import create_db_pool
 from shared.observability import pg_check
-from shared.queues import STORE_QUEUE, STORE_RESULT, ScrapeResult
+from shared.pages import PageStore, Rejection, rejection
+from shared.queues import STORE_QUEUE, STORE_RESULTS, ScrapeResult, StoreBatch
 from shared.settings import Settings
 from shared.workers import build_worker, close_stack, open_ops_server
 
 log = logging.getLogger(__name__)
 
-STORED = Counter("trawl_store_results_total", "Results written to the ledger, by outcome", ["outcome"])
-REJECTED = Counter("trawl_store_rejected_total", "store_result payloads that failed validation")
+# Tried for a long while: a result is only lost if PostgreSQL stays away through all of them.
+MAX_TRIES = 30
 
-# Closing the job and writing its page happen in one transaction; the WHERE clause makes a replayed store job a
-# no-op, so arq re-running it after a crash never writes a second row.
-_CLOSE_JOB = """
-INSERT INTO jobs (id, url, render, formats, status, attempts, error, started_at, finished_at, fetch_ms)
-VALUES ($1, $2, $3, $4, $5, 1, $6, $7, $8, $9)
-ON CONFLICT (id) DO UPDATE SET status = $5, error = $6, started_at = coalesce(jobs.started_at, $7),
-    finished_at = $8, fetch_ms = $9
-WHERE jobs.status IN ('queued', 'running')
-RETURNING id
-"""
-
-_INSERT_PAGE = """
-INSERT INTO pages (job_id, url, final_url, status_code, headers, title, text, markdown, links, metadata,
-                   html_br, content_hash, render, fetched_at)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
-ON CONFLICT (job_id) DO NOTHING
-"""
+MALFORMED = Counter("trawl_store_malformed_total", "Store payloads or results that failed validation")
 
 
 async def startup(ctx: dict[str, Any]) -> None:
     settings: Settings = ctx["settings"]
     stack = ctx["stack"] = AsyncExitStack()
     pg = await stack.enter_async_context(create_db_pool(settings, "storage"))
+    store = PageStore(pg, settings.max_stored_body_bytes)
+    redis: Redis = ctx["redis"]
+    ctx["store"] = store
+    ctx["writer"] = await stack.enter_async_context(
+        BatchWriter(store, redis, max_rows=settings.storage_batch_rows, max_wait_s=settings.storage_batch_ms / 1000)
+    )
     await open_ops_server(stack, ctx, "storage", settings.storage_port, {"postgres": pg_check(pg)})
-    ctx["pg"] = pg
 
 
-async def write_result(pg: asyncpg.Pool, result: ScrapeResult) -> bool:
-    """Close the job in the ledger and store its page. Returns False when the job was already closed."""
-    html_br = unpack_body(result.html_br_b64) if result.html_br_b64 else None
-    async with pg.acquire() as conn, conn.transaction():
-        closed = await conn.fetchval(
-            _CLOSE_JOB,
-            result.job_id,
-            result.url,
-            result.render.value,
-            [f.value for f in result.formats],
-            result.outcome,
-            result.error,
-            result.started_at,
-            result.finished_at,
-            result.fetch_ms,
-        )
-        if closed is None:
-            return False
-        if result.outcome == "succeeded":
-            await conn.execute(
-                _INSERT_PAGE,
-                result.job_id,
-                result.url,
-                result.final_url,
-                result.status_code,
-                result.headers,
-                result.title,
-                result.text,
-                result.markdown,
-                result.links,
-                result.metadata,
-                html_br,
-                content_hash(html_br) if html_br else None,
-                result.render.value,
-                result.finished_at,
-            )
-    return True
-
-
-async def store_result(ctx: dict[str, Any], payload: Any) -> str:
+def _malformed(item: Any, exc: ValidationError) -> Rejection | None:
+    """A result that failed validation: what to record on its job, if it names one."""
+    MALFORMED.inc()
+    reason = "malformed result: " + "; ".join(
+        f"{'.'.join(map(str, e['loc'])) or 'result'}: {e['msg']}" for e in exc.errors()
+    )
     try:
-        result = ScrapeResult.model_validate(payload)
+        job_id = uuid.UUID(str(item.get("job_id")))
+    except (AttributeError, ValueError):
+        log.error("dropped a result that names no job: %s", reason)
+        return None
+    render = item.get("render") if item.get("render") in ("http", "browser") else "http"
+    return Rejection(job_id, str(item.get("url") or "")[:2048], render, "", reason)
+
+
+async def store_results(ctx: dict[str, Any], payload: Any) -> str:
+    try:
+        batch = StoreBatch.model_validate(payload)
     except ValidationError as exc:
-        REJECTED.inc()
-        log.error("dropped an invalid store_result payload: %s", exc)
+        MALFORMED.inc()
+        log.error("dropped a store_results payload with no results: %s", exc)
         return "rejected"
+    results: list[ScrapeResult] = []
+    malformed: list[Rejection] = []
+    for item in batch.results:
+        try:
+            results.append(ScrapeResult.model_validate(item))
+        except ValidationError as exc:
+            if (bad := _malformed(item, exc)) is not None:
+                malformed.append(bad)
+    store: PageStore = ctx["store"]
     try:
-        written = await write_result(ctx["pg"], result)
-    except (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError) as exc:
-        # The database is away: keep the job and try again later rather than lose the result.
-        log.warning("job %s: database unavailable (%s), retrying", result.job_id, exc)
-        raise Retry(defer=min(30, 2 ** ctx["job_try"])) from exc
-    if not written:
-        log.info("job %s was already closed, store replay ignored", result.job_id)
-        return "already closed"
-    STORED.labels(result.outcome).inc()
-    log.info("job %s stored as %s", result.job_id, result.outcome)
-    return result.outcome
+        if malformed:
+            await store.fail_jobs(malformed)
+        if results:
+            await ctx["writer"].submit(results)
+    except Exception as exc:
+        if ctx["job_try"] < MAX_TRIES:
+            # Most often the database stayed away through the writer's own retries: keep the job in Redis.
+            log.warning("store job %s (try %d): %s; retrying", ctx["job_id"], ctx["job_try"], exc)
+            raise Retry(defer=min(60, 2 ** ctx["job_try"])) from exc
+        # Out of tries: the jobs still end, failed with the reason, rather than stay running for ever.
+        log.exception("store job %s gave up", ctx["job_id"])
+        await store.fail_jobs([rejection(r, f"storage failed: {type(exc).__name__}: {exc}") for r in results])
+        return "gave up"
+    return f"{len(results)} stored, {len(malformed)} malformed"
+
+
+async def clean_up(ctx: dict[str, Any]) -> str:
+    settings: Settings = ctx["settings"]
+    removed = await ctx["store"].clean_up(settings.job_retention_days)
+    log.info("retention: removed %(jobs)d old jobs and %(bodies)d unreferenced bodies", removed)
+    return f"{removed['jobs']} jobs, {removed['bodies']} bodies"
 
 
 def create_worker(settings: Settings) -> Worker:
     return build_worker(
         settings,
-        # Retried for a long while: a result is only lost if PostgreSQL stays away for all of them.
-        functions=[func(store_result, name=STORE_RESULT, timeout=60, max_tries=20)],
+        functions=[func(store_results, name=STORE_RESULTS, timeout=120, max_tries=MAX_TRIES)],
         queue_name=STORE_QUEUE,
         max_jobs=settings.storage_max_jobs,
         on_startup=startup,
         on_shutdown=close_stack,
+        # Hourly retention clean-up; with unique=True one worker runs it, however many are started.
+        cron_jobs=[cron(clean_up, name="clean_up", minute=17, unique=True, timeout=600)],
     )

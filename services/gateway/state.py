@@ -1,0 +1,40 @@
+"""What the gateway's handlers share: typed app keys, and the cleanup contexts that fill them."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+from aiohttp import web
+from arq.connections import ArqRedis
+
+from shared.backends import PG, SETTINGS
+from shared.cache import PageCache
+from shared.pages import PageStore
+from shared.queues import create_queue_pool
+
+QUEUE = web.AppKey("queue", ArqRedis)
+STORE = web.AppKey("store", PageStore)
+CACHE = web.AppKey("cache", PageCache)
+
+
+async def queue_ctx(app: web.Application) -> AsyncIterator[None]:
+    pool = await create_queue_pool(app[SETTINGS])
+    app[QUEUE] = pool
+    try:
+        yield
+    finally:
+        await pool.aclose()
+
+
+async def store_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The page store and its hot cache; entered after the pool and the queue, whose clients they use."""
+    settings = app[SETTINGS]
+    app[STORE] = PageStore(app[PG], settings.max_stored_body_bytes)
+    app[CACHE] = PageCache(app[QUEUE], app[STORE], settings.cache_ttl_s)
+    yield
+
+
+def json_response(data: Any, status: int = 200) -> web.Response:
+    return web.Response(status=status, body=orjson.dumps(data), content_type="application/json")

@@ -1,0 +1,337 @@
+"""The page store: month partitions, the batched write path that closes jobs and stores pages, and the reads.
+
+Both the storage service (writes) and the gateway (reads) use it; the SQL lives here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import urlsplit
+
+import asyncpg
+
+from shared.codecs import unpack_body
+from shared.queues import ScrapeResult
+
+log = logging.getLogger(__name__)
+
+_PARTITION_LOCK = 0x7472_6177_6D  # any fixed number shared by every storage process
+
+# Rows PostgreSQL refuses (a NUL byte in text, an out-of-range value, a broken constraint): the batch is retried
+# row by row so that only the bad rows fail.
+ROW_ERRORS = (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError)
+# The database went away: the whole batch is retried later, nothing is dropped.
+CONNECTION_ERRORS = (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError, asyncpg.CannotConnectNowError)
+
+PAGE_COLUMNS = (
+    "id", "job_id", "url", "domain", "final_url", "status_code", "headers", "title", "text", "markdown", "links",
+    "metadata", "content_hash", "render", "fetched_at",
+)  # fmt: skip
+
+# Closing a job is guarded by its state, so a replayed store job (arq re-runs jobs after a crash) changes nothing
+# and stores no second page. Jobs an outside producer enqueued, if the scraper could not record them, are created.
+_CLOSE_JOBS = """
+INSERT INTO jobs AS j (id, url, render, formats, status, attempts, error, started_at, finished_at, fetch_ms,
+                       page_id, page_fetched_at)
+SELECT v.id, v.url, v.render, string_to_array(v.formats, ','), v.status, 1, v.error, v.started_at, v.finished_at,
+       v.fetch_ms, v.page_id, v.page_fetched_at
+FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::timestamptz[],
+            $8::timestamptz[], $9::int[], $10::bigint[], $11::timestamptz[])
+     AS v(id, url, render, formats, status, error, started_at, finished_at, fetch_ms, page_id, page_fetched_at)
+ON CONFLICT (id) DO UPDATE SET status = excluded.status, error = excluded.error,
+    started_at = coalesce(j.started_at, excluded.started_at), finished_at = excluded.finished_at,
+    fetch_ms = excluded.fetch_ms, page_id = excluded.page_id, page_fetched_at = excluded.page_fetched_at
+WHERE j.status IN ('queued', 'running')
+RETURNING j.id
+"""
+
+# COPY cannot skip rows that already exist, and deduplicated bodies do; an array insert can.
+_INSERT_BODIES = """
+INSERT INTO bodies (content_hash, html_br, size)
+SELECT * FROM unnest($1::bytea[], $2::bytea[], $3::int[])
+ON CONFLICT (content_hash) DO NOTHING
+"""
+
+_FAIL_JOBS = """
+INSERT INTO jobs AS j (id, url, render, formats, status, error, finished_at)
+SELECT v.id, v.url, v.render, string_to_array(v.formats, ','), 'failed', v.error, now()
+FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[]) AS v(id, url, render, formats, error)
+ON CONFLICT (id) DO UPDATE SET status = 'failed', error = excluded.error, finished_at = excluded.finished_at
+WHERE j.status IN ('queued', 'running')
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """A result that cannot be stored; its job ends ``failed`` with the reason."""
+
+    job_id: Any
+    url: str
+    render: str
+    formats: str
+    reason: str
+
+
+@dataclass(slots=True)
+class BatchOutcome:
+    closed: set[Any] = field(default_factory=set)
+    replays: int = 0
+    rejected: list[Rejection] = field(default_factory=list)
+    stored_urls: list[str] = field(default_factory=list)
+
+
+def month_start(ts: datetime) -> datetime:
+    ts = ts.astimezone(UTC)
+    return datetime(ts.year, ts.month, 1, tzinfo=UTC)
+
+
+def _next_month(m: datetime) -> datetime:
+    return datetime(m.year + (m.month == 12), m.month % 12 + 1, 1, tzinfo=UTC)
+
+
+def partition_name(month: datetime) -> str:
+    return f"pages_{month:%Y_%m}"
+
+
+def domain_of(url: str) -> str:
+    return (urlsplit(url).hostname or "").lower()
+
+
+def rejection(result: ScrapeResult, reason: str) -> Rejection:
+    return Rejection(result.job_id, result.url, result.render.value, ",".join(f.value for f in result.formats), reason)
+
+
+class PageStore:
+    """The page store on one service's pool. Remembers which month partitions exist, so only new months cost a
+    round trip."""
+
+    def __init__(self, pool: asyncpg.Pool, max_body_bytes: int) -> None:
+        self.pool = pool
+        self.max_body_bytes = max_body_bytes
+        self._months: set[datetime] = set()
+
+    # -- writes ------------------------------------------------------------------------------------------------
+
+    async def ensure_partitions(self, months: set[datetime]) -> None:
+        missing = months - self._months
+        if not missing:
+            return
+        async with self.pool.acquire() as conn, conn.transaction():
+            # Serialised across processes: two CREATE ... PARTITION OF for one month would race.
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", _PARTITION_LOCK)
+            for month in sorted(missing):
+                await conn.execute(
+                    f"CREATE TABLE IF NOT EXISTS {partition_name(month)} PARTITION OF pages "
+                    f"FOR VALUES FROM ('{month.isoformat()}') TO ('{_next_month(month).isoformat()}')"
+                )
+        self._months |= missing
+
+    def _check(self, result: ScrapeResult) -> str | None:
+        if result.outcome != "succeeded":
+            return None
+        if result.html_br_b64 is None:
+            return "result has no body"
+        if len(result.html_br_b64) * 3 // 4 > self.max_body_bytes:
+            return f"compressed body is over the {self.max_body_bytes}-byte storage cap"
+        return None
+
+    async def write_batch(self, results: Sequence[ScrapeResult]) -> BatchOutcome:
+        """Close the jobs of ``results`` and store their pages, in one transaction.
+
+        Rows PostgreSQL refuses are retried one by one and rejected alone; the rest of the batch still lands.
+        Connection errors propagate (nothing is written), for the caller to retry the whole batch.
+        """
+        outcome = BatchOutcome()
+        batch: list[ScrapeResult] = []
+        seen: set[Any] = set()
+        for result in results:
+            if result.job_id in seen:
+                outcome.replays += 1  # the same job twice in one batch: a replay, keep the first
+                continue
+            seen.add(result.job_id)
+            reason = self._check(result)
+            if reason:
+                outcome.rejected.append(rejection(result, reason))
+            else:
+                batch.append(result)
+
+        await self.ensure_partitions({month_start(r.finished_at) for r in batch if r.outcome == "succeeded"})
+        async with self.pool.acquire() as conn:
+            try:
+                async with conn.transaction():
+                    await self._write(conn, batch, outcome)
+            except ROW_ERRORS:
+                outcome.closed.clear()
+                outcome.stored_urls.clear()
+                for result in batch:
+                    try:
+                        async with conn.transaction():
+                            await self._write(conn, [result], outcome)
+                    except ROW_ERRORS as exc:
+                        outcome.rejected.append(rejection(result, f"refused by the database: {exc}"))
+            if outcome.rejected:
+                await self.fail_jobs(outcome.rejected, conn)
+        rejected = {r.job_id for r in outcome.rejected}
+        outcome.replays += sum(1 for r in batch if r.job_id not in outcome.closed and r.job_id not in rejected)
+        return outcome
+
+    async def _write(self, conn: asyncpg.Connection, batch: list[ScrapeResult], outcome: BatchOutcome) -> None:
+        if not batch:
+            return
+        succeeded = [r for r in batch if r.outcome == "succeeded"]
+        ids = [
+            r[0]
+            for r in await conn.fetch(
+                "SELECT nextval(pg_get_serial_sequence('pages', 'id')) FROM generate_series(1, $1)", len(succeeded)
+            )
+        ]
+        page_of = {r.job_id: (pid, r.finished_at) for r, pid in zip(succeeded, ids, strict=True)}
+        closed = {
+            row[0]
+            for row in await conn.fetch(
+                _CLOSE_JOBS,
+                [r.job_id for r in batch],
+                [r.url for r in batch],
+                [r.render.value for r in batch],
+                [",".join(f.value for f in r.formats) for r in batch],
+                [r.outcome for r in batch],
+                [r.error for r in batch],
+                [r.started_at for r in batch],
+                [r.finished_at for r in batch],
+                [r.fetch_ms for r in batch],
+                [page_of.get(r.job_id, (None, None))[0] for r in batch],
+                [page_of.get(r.job_id, (None, None))[1] for r in batch],
+            )
+        }
+        to_store = [r for r in succeeded if r.job_id in closed]
+        if to_store:
+            bodies: dict[bytes, bytes] = {}
+            rows = []
+            for r in to_store:
+                html_br = unpack_body(r.html_br_b64 or "")
+                digest = bytes.fromhex(r.content_hash) if r.content_hash else b""
+                bodies.setdefault(digest, html_br)
+                url = r.final_url or r.url
+                rows.append((
+                    page_of[r.job_id][0], r.job_id, r.url, domain_of(url), r.final_url, r.status_code,
+                    r.headers, r.title, r.text, r.markdown, r.links, r.metadata, digest, r.render.value, r.finished_at,
+                ))  # fmt: skip
+            await conn.execute(_INSERT_BODIES, list(bodies), list(bodies.values()), [len(b) for b in bodies.values()])
+            await conn.copy_records_to_table("pages", records=rows, columns=PAGE_COLUMNS)
+            outcome.stored_urls.extend(r.url for r in to_store)
+        outcome.closed |= closed
+
+    async def fail_jobs(self, rejected: Sequence[Rejection], conn: asyncpg.Connection | None = None) -> None:
+        """End these jobs ``failed`` with their reasons (unless the ledger has already closed them)."""
+        await (conn or self.pool).execute(
+            _FAIL_JOBS,
+            [r.job_id for r in rejected],
+            [r.url for r in rejected],
+            [r.render for r in rejected],
+            [r.formats for r in rejected],
+            [r.reason for r in rejected],
+        )
+
+    # -- reads -------------------------------------------------------------------------------------------------
+
+    async def latest(self, url: str) -> dict[str, Any] | None:
+        row = await self.pool.fetchrow("SELECT * FROM pages WHERE url = $1 ORDER BY fetched_at DESC LIMIT 1", url)
+        return page_record(row) if row else None
+
+    async def get(self, page_id: int, fetched_at: datetime | None = None) -> dict[str, Any] | None:
+        if fetched_at is not None:
+            row = await self.pool.fetchrow("SELECT * FROM pages WHERE id = $1 AND fetched_at = $2", page_id, fetched_at)
+        else:
+            row = await self.pool.fetchrow("SELECT * FROM pages WHERE id = $1", page_id)
+        return page_record(row) if row else None
+
+    async def body(self, content_hash_hex: str) -> bytes | None:
+        data: bytes | None = await self.pool.fetchval(
+            "SELECT html_br FROM bodies WHERE content_hash = $1", bytes.fromhex(content_hash_hex)
+        )
+        return data
+
+    async def list_pages(
+        self,
+        *,
+        domain: str | None,
+        since: datetime | None,
+        until: datetime | None,
+        limit: int,
+        cursor: str | None,
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        """Pages newest first, ``limit`` at a time; the cursor names the last row seen (keyset pagination)."""
+        after_ts, after_id = decode_cursor(cursor) if cursor else (None, None)
+        rows = await self.pool.fetch(
+            "SELECT id, url, domain, final_url, status_code, title, render, fetched_at FROM pages"
+            " WHERE ($1::text IS NULL OR domain = $1)"
+            " AND ($2::timestamptz IS NULL OR fetched_at >= $2)"
+            " AND ($3::timestamptz IS NULL OR fetched_at < $3)"
+            " AND ($4::timestamptz IS NULL OR (fetched_at, id) < ($4, $5))"
+            " ORDER BY fetched_at DESC, id DESC LIMIT $6",
+            domain, since, until, after_ts, after_id, limit + 1,
+        )  # fmt: skip
+        more = len(rows) > limit
+        rows = rows[:limit]
+        items = [{**dict(r), "id": str(r["id"]), "fetched_at": r["fetched_at"].isoformat()} for r in rows]
+        next_cursor = encode_cursor(rows[-1]["fetched_at"], rows[-1]["id"]) if more else None
+        return items, next_cursor
+
+    async def stats(self, top_domains: int = 100) -> dict[str, Any]:
+        jobs = await self.pool.fetchrow(
+            "SELECT count(*) FILTER (WHERE status = 'queued') AS queued,"
+            " count(*) FILTER (WHERE status = 'running') AS running,"
+            " count(*) FILTER (WHERE status = 'succeeded') AS succeeded,"
+            " count(*) FILTER (WHERE status = 'failed') AS failed FROM jobs"
+        )
+        domains = await self.pool.fetch(
+            "SELECT domain, count(*) AS pages, max(fetched_at) AS last_fetched_at FROM pages"
+            " GROUP BY domain ORDER BY count(*) DESC, domain LIMIT $1",
+            top_domains,
+        )
+        return {
+            "jobs": dict(jobs),
+            "domains": [
+                {"domain": d["domain"], "pages": d["pages"], "last_fetched_at": d["last_fetched_at"].isoformat()}
+                for d in domains
+            ],
+        }
+
+    # -- retention ---------------------------------------------------------------------------------------------
+
+    async def clean_up(self, job_retention_days: int) -> dict[str, int]:
+        """Remove finished jobs past retention and bodies no page refers to any more."""
+        async with self.pool.acquire() as conn:
+            jobs = await conn.execute(
+                "DELETE FROM jobs WHERE finished_at < now() - make_interval(days => $1)", job_retention_days
+            )
+            bodies = await conn.execute(
+                "DELETE FROM bodies b WHERE NOT EXISTS (SELECT 1 FROM pages p WHERE p.content_hash = b.content_hash)"
+            )
+        return {"jobs": int(jobs.split()[-1]), "bodies": int(bodies.split()[-1])}
+
+
+def page_record(row: asyncpg.Record) -> dict[str, Any]:
+    """A page row as JSON-ready values (ids as strings: JavaScript clients lose precision past 2**53)."""
+    record = dict(row)
+    record["id"] = str(record["id"])
+    record["job_id"] = str(record["job_id"])
+    record["fetched_at"] = record["fetched_at"].isoformat()
+    record["content_hash"] = record["content_hash"].hex()
+    return record
+
+
+def encode_cursor(fetched_at: datetime, page_id: int) -> str:
+    return base64.urlsafe_b64encode(f"{fetched_at.isoformat()}|{page_id}".encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, int]:
+    """Raises ValueError on a cursor this module did not make."""
+    raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+    ts, _, page_id = raw.partition("|")
+    return datetime.fromisoformat(ts), int(page_id)
