@@ -69,9 +69,7 @@ async def _set_codecs(conn: asyncpg.Connection) -> None:
         "jsonb", encoder=lambda v: b"\x01" + orjson.dumps(v), decoder=lambda b: orjson.loads(b[1:]),
         schema="pg_catalog", format="binary",
     )  # fmt: skip
-    await conn.set_type_codec(
-        "json", encoder=orjson.dumps, decoder=orjson.loads, schema="pg_catalog", format="binary"
-    )
+    await conn.set_type_codec("json", encoder=orjson.dumps, decoder=orjson.loads, schema="pg_catalog", format="binary")
 
 
 @asynccontextmanager

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -59,3 +60,16 @@ async def pg(settings: Settings) -> AsyncIterator[asyncpg.Pool]:
     """The tests' own pool on the test database (migrated, with trawl's JSON codecs)."""
     async with create_db_pool(settings, "tests") as pool:
         yield pool
+
+
+@pytest.fixture
+async def fresh_database(database_url: str) -> AsyncIterator[str]:
+    """A new, empty database on the test server, for tests that must see the schema from nothing."""
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(database_url)
+    try:
+        await admin.execute(f"CREATE DATABASE {name}")
+        yield database_url.replace("/postgres?", f"/{name}?", 1)
+        await admin.execute(f"DROP DATABASE {name} WITH (FORCE)")
+    finally:
+        await admin.close()

@@ -13,8 +13,10 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from services.gateway.app import create_app
+from shared.pages import PageStore
 from shared.queues import SCRAPE_QUEUE, create_queue_pool
 from shared.settings import Settings
+from tests.results import make_result
 
 Client = TestClient[Any, Any]
 
@@ -89,3 +91,69 @@ async def test_unknown_job_is_404(client: Client, job_id: str) -> None:
         resp = await client.get(path)
         assert resp.status == 404
         assert resp.content_type == "application/problem+json"
+
+
+async def test_max_age_answers_from_a_stored_page_without_scraping(
+    client: Client, pg: asyncpg.Pool, settings: Settings
+) -> None:
+    url = f"http://fresh-{uuid.uuid4().hex[:8]}.test/"
+    stored = make_result(url, "<html><title>kept</title><body>stored body</body></html>", title="kept")
+    await PageStore(pg, 1 << 20).write_batch([stored])
+
+    resp = await client.post("/v1/jobs", json={"url": url, "max_age_s": 3600, "formats": ["raw_html", "text"]})
+    assert resp.status == 200
+    job = await resp.json()
+    assert job["status"] == "succeeded" and job["cached"] is True
+    result = await (await client.get(f"/v1/jobs/{job['id']}/result")).json()
+    assert result["title"] == "kept" and "stored body" in result["raw_html"] and result["text"] == "hello"
+
+    # Too old for the caller: scraped again.
+    resp = await client.post("/v1/jobs", json={"url": url, "max_age_s": 0})
+    assert resp.status == 202 and (await resp.json())["cached"] is False
+    queue = await create_queue_pool(settings)
+    try:
+        await queue.zrem(SCRAPE_QUEUE, (await resp.json())["id"])
+    finally:
+        await queue.aclose()
+
+
+async def test_pages_latest_by_url_by_id_and_listing_with_keyset_pagination(client: Client, pg: asyncpg.Pool) -> None:
+    domain = f"list-{uuid.uuid4().hex[:8]}.test"
+    results = [make_result(f"http://{domain}/{i}", f"<p>{i}</p>", title=f"p{i}") for i in range(5)]
+    await PageStore(pg, 1 << 20).write_batch(results)
+
+    latest = await (await client.get("/v1/pages", params={"url": f"http://{domain}/3"})).json()
+    assert latest["title"] == "p3" and latest["domain"] == domain
+    by_id = await (await client.get(f"/v1/pages/{latest['id']}", params={"formats": "raw_html"})).json()
+    assert by_id["raw_html"] == "<p>3</p>"
+
+    seen: list[str] = []
+    cursor = None
+    for _ in range(5):
+        params = {"domain": domain.upper(), "limit": "2", **({"cursor": cursor} if cursor else {})}
+        page = await (await client.get("/v1/pages", params=params)).json()
+        seen += [item["title"] for item in page["items"]]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert sorted(seen) == [f"p{i}" for i in range(5)] and len(seen) == 5
+
+    resp = await client.get("/v1/pages", params={"url": f"http://{domain}/missing"})
+    assert resp.status == 404
+    for bad in ({"limit": "0"}, {"since": "yesterday"}, {"cursor": "???"}, {"colour": "red"}):
+        resp = await client.get("/v1/pages", params=bad)
+        assert resp.status == 422, bad
+        assert (await resp.json())["errors"][0]["field"] == next(iter(bad))
+
+
+async def test_stats_count_jobs_by_state_and_pages_by_domain(client: Client, pg: asyncpg.Pool) -> None:
+    domain = f"stats-{uuid.uuid4().hex[:8]}.test"
+    await PageStore(pg, 1 << 20).write_batch(
+        [make_result(f"http://{domain}/{i}", f"<p>{i}</p>") for i in range(3)]
+        + [make_result(f"http://{domain}/x", outcome="failed")]
+    )
+    stats = await (await client.get("/v1/stats")).json()
+    assert set(stats["jobs"]) == {"queued", "running", "succeeded", "failed"}
+    assert stats["jobs"]["succeeded"] >= 3 and stats["jobs"]["failed"] >= 1
+    mine = [d for d in stats["domains"] if d["domain"] == domain]
+    assert len(mine) == 1 and mine[0]["pages"] == 3

@@ -52,6 +52,7 @@ class BatchWriter:
         self._arrived = asyncio.Event()
         self._full = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self.batches_written = 0
 
     async def __aenter__(self) -> BatchWriter:
         self._task = asyncio.create_task(self._run(), name="batch-writer")
@@ -111,6 +112,7 @@ class BatchWriter:
                 if not item.done.done():
                     item.done.set_exception(exc)
             return
+        self.batches_written += 1
         for item in taken:
             if not item.done.done():
                 item.done.set_result(None)
@@ -125,7 +127,7 @@ class BatchWriter:
         with BATCH_SECONDS.time():
             async for attempt in AsyncRetrying(
                 retry=retry_if_exception_type(CONNECTION_ERRORS),
-                wait=wait_exponential_jitter(initial=0.1, max=5),
+                wait=wait_exponential_jitter(multiplier=0.1, jitter=0.1, max=5),
                 stop=stop_after_delay(self.retry_for_s),
                 reraise=True,
             ):
