@@ -34,20 +34,29 @@ PAGE_COLUMNS = (
 )  # fmt: skip
 
 # Closing a job is guarded by its state, so a replayed store job (arq re-runs jobs after a crash) changes nothing
-# and stores no second page. Jobs an outside producer enqueued, if the scraper could not record them, are created.
+# and stores no second page. An UPDATE, not an upsert: every job normally has its ledger row already (the gateway
+# or the scraper wrote it), and an upsert pays for a speculative insert on every row.
 _CLOSE_JOBS = """
-INSERT INTO jobs AS j (id, url, render, formats, status, attempts, error, started_at, finished_at, fetch_ms,
-                       page_id, page_fetched_at)
+UPDATE jobs AS j SET status = v.status, error = v.error, started_at = coalesce(j.started_at, v.started_at),
+    finished_at = v.finished_at, fetch_ms = v.fetch_ms, page_id = v.page_id, page_fetched_at = v.page_fetched_at
+FROM unnest($1::uuid[], $2::text[], $3::text[], $4::timestamptz[], $5::timestamptz[], $6::int[], $7::bigint[],
+            $8::timestamptz[])
+     AS v(id, status, error, started_at, finished_at, fetch_ms, page_id, page_fetched_at)
+WHERE j.id = v.id AND j.status IN ('queued', 'running')
+RETURNING j.id
+"""
+
+# The rare job with no ledger row at all (its scraper could not record it): created closed.
+_CREATE_CLOSED_JOBS = """
+INSERT INTO jobs (id, url, render, formats, status, attempts, error, started_at, finished_at, fetch_ms,
+                  page_id, page_fetched_at)
 SELECT v.id, v.url, v.render, string_to_array(v.formats, ','), v.status, 1, v.error, v.started_at, v.finished_at,
        v.fetch_ms, v.page_id, v.page_fetched_at
 FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::timestamptz[],
             $8::timestamptz[], $9::int[], $10::bigint[], $11::timestamptz[])
      AS v(id, url, render, formats, status, error, started_at, finished_at, fetch_ms, page_id, page_fetched_at)
-ON CONFLICT (id) DO UPDATE SET status = excluded.status, error = excluded.error,
-    started_at = coalesce(j.started_at, excluded.started_at), finished_at = excluded.finished_at,
-    fetch_ms = excluded.fetch_ms, page_id = excluded.page_id, page_fetched_at = excluded.page_fetched_at
-WHERE j.status IN ('queued', 'running')
-RETURNING j.id
+ON CONFLICT (id) DO NOTHING
+RETURNING id
 """
 
 # COPY cannot skip rows that already exist, and deduplicated bodies do; an array insert can.
@@ -191,23 +200,40 @@ class PageStore:
             )
         ]
         page_of = {r.job_id: (pid, r.finished_at) for r, pid in zip(succeeded, ids, strict=True)}
+        pages = [page_of.get(r.job_id, (None, None)) for r in batch]
         closed = {
             row[0]
             for row in await conn.fetch(
                 _CLOSE_JOBS,
                 [r.job_id for r in batch],
-                [r.url for r in batch],
-                [r.render.value for r in batch],
-                [",".join(f.value for f in r.formats) for r in batch],
                 [r.outcome for r in batch],
                 [r.error for r in batch],
                 [r.started_at for r in batch],
                 [r.finished_at for r in batch],
                 [r.fetch_ms for r in batch],
-                [page_of.get(r.job_id, (None, None))[0] for r in batch],
-                [page_of.get(r.job_id, (None, None))[1] for r in batch],
+                [p[0] for p in pages],
+                [p[1] for p in pages],
             )
         }
+        if len(closed) < len(batch):
+            unclosed = [(r, p) for r, p in zip(batch, pages, strict=True) if r.job_id not in closed]
+            closed |= {
+                row[0]
+                for row in await conn.fetch(
+                    _CREATE_CLOSED_JOBS,
+                    [r.job_id for r, _ in unclosed],
+                    [r.url for r, _ in unclosed],
+                    [r.render.value for r, _ in unclosed],
+                    [",".join(f.value for f in r.formats) for r, _ in unclosed],
+                    [r.outcome for r, _ in unclosed],
+                    [r.error for r, _ in unclosed],
+                    [r.started_at for r, _ in unclosed],
+                    [r.finished_at for r, _ in unclosed],
+                    [r.fetch_ms for r, _ in unclosed],
+                    [p[0] for _, p in unclosed],
+                    [p[1] for _, p in unclosed],
+                )
+            }
         to_store = [r for r in succeeded if r.job_id in closed]
         if to_store:
             bodies: dict[bytes, bytes] = {}

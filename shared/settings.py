@@ -49,8 +49,8 @@ class Settings(BaseSettings):
     user_agent: str = "trawl/0.1 (+https://github.com/trawl)"
 
     # Storage: results are written in batches of up to this many rows, or after this long, whichever is first.
-    storage_max_jobs: int = Field(200, ge=1, le=10_000)
-    storage_batch_rows: int = Field(200, ge=1, le=10_000)
+    storage_max_jobs: int = Field(1000, ge=1, le=10_000)
+    storage_batch_rows: int = Field(500, ge=1, le=10_000)
     storage_batch_ms: int = Field(50, ge=1, le=10_000)
     # A compressed body larger than this is refused (the job fails with the reason).
     max_stored_body_bytes: int = Field(8 * 1024 * 1024, ge=1024)

@@ -52,6 +52,8 @@ class BatchWriter:
         self._arrived = asyncio.Event()
         self._full = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._writing: set[asyncio.Task[None]] = set()
+        self._slots = asyncio.Semaphore(2)
         self.batches_written = 0
 
     async def __aenter__(self) -> BatchWriter:
@@ -62,9 +64,10 @@ class BatchWriter:
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
+        await asyncio.gather(*self._writing, return_exceptions=True)
         # Anything still waiting is written now rather than dropped.
-        while self._pending:
-            await self._flush()
+        while taken := self._take():
+            await self._write_taken(taken)
 
     async def submit(self, results: Sequence[ScrapeResult]) -> None:
         """Returns once ``results`` are committed; raises if the database stayed away for ``retry_for_s``."""
@@ -74,7 +77,7 @@ class BatchWriter:
         self._arrived.set()
         if self._rows >= self.max_rows:
             self._full.set()
-        await asyncio.shield(pending.done)
+        await pending.done
 
     async def _run(self) -> None:
         while True:
@@ -83,9 +86,21 @@ class BatchWriter:
                 await asyncio.wait_for(self._full.wait(), timeout=self.max_wait_s)
             except TimeoutError:
                 pass
-            await self._flush()
+            # Two batches in flight: one is prepared in Python while PostgreSQL writes the other.
+            await self._slots.acquire()
+            taken = self._take()
+            if not taken:
+                self._slots.release()
+                continue
+            task = asyncio.create_task(self._write_taken(taken))
+            self._writing.add(task)
+            task.add_done_callback(self._written)
 
-    async def _flush(self) -> None:
+    def _written(self, task: asyncio.Task[None]) -> None:
+        self._writing.discard(task)
+        self._slots.release()
+
+    def _take(self) -> list[_Pending]:
         taken: list[_Pending] = []
         rows = 0
         while self._pending and (not taken or rows + len(self._pending[0].results) <= self.max_rows):
@@ -97,8 +112,9 @@ class BatchWriter:
             self._arrived.clear()
         if self._rows < self.max_rows:
             self._full.clear()
-        if not taken:
-            return
+        return taken
+
+    async def _write_taken(self, taken: list[_Pending]) -> None:
         results = [r for item in taken for r in item.results]
         try:
             outcome = await self._write(results)
