@@ -16,6 +16,7 @@ from shared.queues import ScrapeRequest, create_queue_pool, enqueue_scrape
 from shared.settings import Settings
 from tests.cluster import cluster_env, start_trawl_up, stop_trawl_up, submit, wait_for_job, wait_until_up
 from tests.conftest import free_port
+from tests.results import make_result
 from tests.site import LocalSite
 
 
@@ -170,3 +171,24 @@ async def test_every_service_serves_healthz_and_metrics(cluster: Settings, gatew
     assert 'trawl_queue_depth{queue="trawl:store"}' in text
     for state in ("queued", "running", "succeeded", "failed"):
         assert f'trawl_jobs{{state="{state}"}}' in text
+
+
+async def test_malformed_result_on_the_store_queue_fails_its_job_and_spares_the_rest(
+    cluster: Settings, gateway: aiohttp.ClientSession, pg: asyncpg.Pool
+) -> None:
+    bad_id = uuid.uuid4()
+    good = make_result(f"http://malformed-neighbour-{uuid.uuid4().hex[:6]}.test/")
+    queue = await create_queue_pool(cluster)
+    try:
+        await queue.enqueue_job(
+            "store_results",
+            {"results": [{"job_id": str(bad_id), "url": "http://x.test/", "outcome": "maybe"},
+                         good.model_dump(mode="json")]},
+            _queue_name="trawl:store",
+        )  # fmt: skip
+    finally:
+        await queue.aclose()
+    bad = await wait_for_job(gateway, str(bad_id))
+    assert bad["status"] == "failed" and "malformed result" in bad["error"] and "outcome" in bad["error"]
+    assert (await wait_for_job(gateway, str(good.job_id)))["status"] == "succeeded"
+    assert await pg.fetchval("SELECT count(*) FROM pages WHERE job_id = $1", good.job_id) == 1
