@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import asyncpg
 from aiohttp import web
 from redis.asyncio import Redis
 
 from shared.db import create_db_pool
+from shared.observability import HealthCheck, pg_check, redis_check
 from shared.settings import Settings
 
 SETTINGS = web.AppKey("settings", Settings)
@@ -32,3 +34,8 @@ async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
         yield
     finally:
         await client.aclose()
+
+
+def backend_checks(app: web.Application, redis_key: web.AppKey[Any] = REDIS) -> Callable[[], dict[str, HealthCheck]]:
+    """The health checks of an app that holds a pool and a Redis client: both must answer."""
+    return lambda: {"postgres": pg_check(app[PG]), "redis": redis_check(app[redis_key])}

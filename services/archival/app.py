@@ -6,8 +6,8 @@ from __future__ import annotations
 from aiohttp import web
 from prometheus_client import Gauge
 
-from shared.backends import PG, REDIS, SETTINGS, pg_ctx, redis_ctx
-from shared.observability import add_ops_routes, pg_check, redis_check
+from shared.backends import PG, SETTINGS, backend_checks, pg_ctx, redis_ctx
+from shared.observability import add_ops_routes
 from shared.settings import Settings
 
 PAGES_BY_MONTH = Gauge("trawl_archival_pages_by_month", "Pages in the live store by month fetched", ["month"])
@@ -29,7 +29,7 @@ def create_app(settings: Settings) -> web.Application:
     add_ops_routes(
         app,
         "archival",
-        lambda: {"postgres": pg_check(app[PG]), "redis": redis_check(app[REDIS])},
+        backend_checks(app),
         before_scrape=refresh,
     )
     return app

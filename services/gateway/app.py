@@ -6,8 +6,8 @@ from aiohttp import web
 
 from services.gateway import jobs, pages
 from services.gateway.state import QUEUE, queue_ctx, store_ctx
-from shared.backends import PG, SETTINGS, pg_ctx
-from shared.observability import add_ops_routes, pg_check, redis_check
+from shared.backends import SETTINGS, backend_checks, pg_ctx
+from shared.observability import add_ops_routes
 from shared.settings import Settings
 
 
@@ -21,5 +21,5 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_get("/v1/pages", pages.list_pages)
     app.router.add_get("/v1/pages/{id}", pages.get_page)
     app.router.add_get("/v1/stats", pages.stats)
-    add_ops_routes(app, "gateway", lambda: {"postgres": pg_check(app[PG]), "redis": redis_check(app[QUEUE])})
+    add_ops_routes(app, "gateway", backend_checks(app, QUEUE))
     return app

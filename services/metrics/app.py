@@ -5,8 +5,8 @@ from __future__ import annotations
 from aiohttp import web
 from prometheus_client import Gauge
 
-from shared.backends import PG, REDIS, SETTINGS, pg_ctx, redis_ctx
-from shared.observability import add_ops_routes, pg_check, redis_check
+from shared.backends import PG, REDIS, SETTINGS, backend_checks, pg_ctx, redis_ctx
+from shared.observability import add_ops_routes
 from shared.queues import ALL_QUEUES
 from shared.settings import Settings
 
@@ -43,7 +43,7 @@ def create_app(settings: Settings) -> web.Application:
     add_ops_routes(
         app,
         "metrics",
-        lambda: {"postgres": pg_check(app[PG]), "redis": redis_check(app[REDIS])},
+        backend_checks(app),
         before_scrape=refresh,
     )
     return app
