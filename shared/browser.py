@@ -1,29 +1,40 @@
-"""The browser-context pool: one Chromium per process, driven by Playwright, shared by a service's render jobs.
+"""The browser-context pool: Chromium processes driven by Playwright, handing out isolated pages to render jobs.
 
-Every job gets a fresh browser context (its own cookies, storage and cache), so no job sees another's state.
+Isolation design (measured in ``bench/isolation.py``; see BENCHMARKS.md): each Chromium holds a fixed set of
+contexts, each context serves one job at a time, and every job gets a fresh page whose cookies, storage and cache
+are cleared when it ends. A job never sees another job's state, and contexts are not rebuilt per job (a new context
+per job costs about half the throughput). Contexts retire after ``browser_context_max_jobs`` jobs and a Chromium is
+relaunched after ``browser_max_jobs`` jobs or above ``browser_max_rss_mb``, which keeps memory flat over long runs.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
+import random
 import shutil
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
-from playwright.async_api import Browser, Page, Playwright, async_playwright
+import psutil
+from playwright.async_api import Browser, BrowserContext, CDPSession, Page, Playwright, async_playwright
 from playwright.async_api import Error as PlaywrightError
 from prometheus_client import Counter, Gauge
 
-from shared.errors import BrowserUnavailable
+from shared.errors import BrowserCrashed, BrowserUnavailable
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
-# Flags that make Chromium quiet and safe on a server: no sandbox (containers, root), no GPU, and none of the
-# background traffic (updates, sync, safe browsing) that a closed network refuses.
+# Flags that make Chromium quiet and safe on a server: no sandbox (containers, root), no GPU, none of the background
+# traffic (updates, sync, safe browsing) that a closed network refuses, and no automation flag for pages to see.
 CHROMIUM_ARGS = (
     "--no-sandbox",
     "--disable-gpu",
@@ -34,14 +45,52 @@ CHROMIUM_ARGS = (
     "--disable-quic",
     "--disable-dev-shm-usage",
 )
+STEALTH_ARGS = ("--disable-blink-features=AutomationControlled",)
 SYSTEM_CHROMIUMS = ("/usr/bin/chromium", "/usr/bin/chromium-browser", "/usr/bin/google-chrome")
 HOW_TO_GET_ONE = (
     "no Chromium found: run `.venv/bin/playwright install chromium`, or install one from your system's packages "
     "(Debian/Ubuntu: `apt-get install chromium`) and set TRAWL_BROWSER_PATH if it is not at /usr/bin/chromium"
 )
+BLOCKED_RESOURCES = [
+    f"*.{ext}"
+    for ext in "png jpg jpeg gif webp avif svg ico bmp woff woff2 ttf otf eot mp4 webm mp3 ogg wav m4a".split()
+]
 
+CONTEXTS = Gauge("trawl_browser_contexts", "Browser contexts by state", ["state"])
 PAGES_OPEN = Gauge("trawl_browser_pages_open", "Browser pages open now")
-BROWSER_LAUNCHES = Counter("trawl_browser_launches_total", "Chromium processes launched")
+LAUNCHES = Counter("trawl_browser_launches_total", "Chromium processes launched")
+RELAUNCHES = Counter("trawl_browser_relaunches_total", "Chromium processes replaced, by reason", ["reason"])
+RETIREMENTS = Counter("trawl_browser_context_retirements_total", "Contexts replaced, by reason", ["reason"])
+CRASHES = Counter("trawl_browser_crashes_total", "Tabs or browsers that crashed or disconnected", ["what"])
+
+
+@dataclass(frozen=True, slots=True)
+class Profile:
+    """A coherent fingerprint: the user agent's platform, screen, language and clock all agree."""
+
+    platform: str
+    navigator_platform: str
+    viewport: tuple[int, int]
+    locale: str
+    timezone: str
+    accept_language: str
+
+    def user_agent(self, chrome_major: str) -> str:
+        return (
+            f"Mozilla/5.0 ({self.platform}) AppleWebKit/537.36 (KHTML, like Gecko) "
+            f"Chrome/{chrome_major}.0.0.0 Safari/537.36"
+        )
+
+
+PROFILES = (
+    Profile("Windows NT 10.0; Win64; x64", "Win32", (1920, 1080), "en-US", "America/New_York", "en-US,en;q=0.9"),
+    Profile("Windows NT 10.0; Win64; x64", "Win32", (1366, 768), "en-GB", "Europe/London", "en-GB,en;q=0.9"),
+    Profile("Macintosh; Intel Mac OS X 10_15_7", "MacIntel", (1440, 900), "en-US", "America/Los_Angeles",
+            "en-US,en;q=0.9"),
+    Profile("Macintosh; Intel Mac OS X 10_15_7", "MacIntel", (1536, 864), "de-DE", "Europe/Berlin",
+            "de-DE,de;q=0.9,en;q=0.8"),
+    Profile("X11; Linux x86_64", "Linux x86_64", (1280, 800), "fr-FR", "Europe/Paris", "fr-FR,fr;q=0.9,en;q=0.8"),
+)  # fmt: skip
 
 
 def find_browser(configured: str | None, playwright_own: str | None) -> str | None:
@@ -65,70 +114,350 @@ def find_browser(configured: str | None, playwright_own: str | None) -> str | No
     raise BrowserUnavailable(HOW_TO_GET_ONE)
 
 
-class BrowserPool:
-    """Hands out isolated pages on one lazily launched Chromium, at most ``concurrency`` at a time.
+def _chromium_pids() -> set[int]:
+    """Chromium processes below this one (Playwright's driver starts them)."""
+    pids = set()
+    for child in psutil.Process().children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            if "chrom" in child.name().lower():
+                pids.add(child.pid)
+    return pids
 
-    Use it as an async context manager; leaving it closes every page and the browser.
+
+def _kill_tree(pid: int) -> None:
+    with contextlib.suppress(psutil.Error):
+        root = psutil.Process(pid)
+        for proc in [*root.children(recursive=True), root]:
+            with contextlib.suppress(psutil.Error):
+                proc.kill()
+
+
+def _tree_rss(pid: int) -> int:
+    total = 0
+    with contextlib.suppress(psutil.Error):
+        root = psutil.Process(pid)
+        for proc in [root, *root.children(recursive=True)]:
+            with contextlib.suppress(psutil.Error):
+                total += proc.memory_info().rss
+    return total
+
+
+@dataclass(eq=False)
+class _Engine:
+    """One Chromium process and the contexts that live in it."""
+
+    index: int
+    browser: Browser | None = None
+    pid: int | None = None
+    jobs: int = 0
+    busy: int = 0
+    recycling: bool = False
+    idle_since: float = field(default_factory=time.monotonic)
+    parked: list[_Slot] = field(default_factory=list)
+    # Set while no job runs in this engine: a recycle waits for it.
+    drained: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def __post_init__(self) -> None:
+        self.drained.set()
+
+
+@dataclass(eq=False)
+class _Slot:
+    """A context in an engine, serving one job at a time."""
+
+    engine: _Engine
+    context: BrowserContext | None = None
+    browser: Browser | None = None  # the browser the context belongs to, to notice a relaunch
+    jobs: int = 0
+
+
+@dataclass(slots=True)
+class PageOptions:
+    extra_headers: dict[str, str] = field(default_factory=dict)
+    block_resources: bool = True
+    viewport: tuple[int, int] | None = None
+
+
+class BrowserPool:
+    """Hands out isolated pages, at most ``browser_concurrency`` at a time, over ``browser_processes`` Chromiums.
+
+    An async context manager: leaving it closes every page, context and browser, and kills any Chromium process
+    that does not close in time, with its whole process tree.
     """
 
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
-        self._slots = asyncio.Semaphore(settings.browser_concurrency)
-        self._launch_lock = asyncio.Lock()
+        self._call_timeout = settings.browser_call_timeout_s
         self._playwright: Playwright | None = None
-        self._browser: Browser | None = None
+        self._executable: str | None = None
+        self._engines = [_Engine(i) for i in range(settings.browser_processes)]
+        self._slots: asyncio.Queue[_Slot] = asyncio.Queue()
+        for n in range(settings.browser_concurrency):
+            self._slots.put_nowait(_Slot(self._engines[n % len(self._engines)]))
+        self._launch_lock = asyncio.Lock()
+        self._reaper: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._closed = False
+        self._chrome_major = ""
+        self._sync_gauges()
 
     async def __aenter__(self) -> BrowserPool:
+        self._reaper = asyncio.create_task(self._reap_idle(), name="browser-idle-reaper")
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
+    # -- lifecycle ---------------------------------------------------------------------------------------------
+
     async def close(self) -> None:
-        browser, self._browser = self._browser, None
-        if browser is not None:
-            try:
-                await asyncio.wait_for(browser.close(), timeout=10)
-            except (TimeoutError, PlaywrightError):
-                log.warning("browser did not close cleanly")
+        self._closed = True
+        if self._reaper is not None:
+            self._reaper.cancel()
+            await asyncio.gather(self._reaper, return_exceptions=True)
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for engine in self._engines:
+            await self._shut(engine)
         pw, self._playwright = self._playwright, None
         if pw is not None:
-            await pw.stop()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(pw.stop(), timeout=self._call_timeout)
 
-    async def _ensure_browser(self) -> Browser:
+    async def _call(self, awaitable: Awaitable[T]) -> T:
+        """Every browser call has a deadline: a hung Chromium must not hang the worker."""
+        return await asyncio.wait_for(awaitable, timeout=self._call_timeout)
+
+    async def _launch(self, engine: _Engine) -> Browser:
         async with self._launch_lock:
-            if self._browser is not None and self._browser.is_connected():
-                return self._browser
+            if engine.browser is not None and engine.browser.is_connected():
+                return engine.browser
+            if self._closed:
+                raise BrowserUnavailable("the browser pool is closed")
             if self._playwright is None:
                 self._playwright = await async_playwright().start()
-            executable = find_browser(self._settings.browser_path, self._playwright.chromium.executable_path)
+                self._executable = find_browser(self._settings.browser_path, self._playwright.chromium.executable_path)
+            before = _chromium_pids()
             try:
-                self._browser = await asyncio.wait_for(
+                browser = await asyncio.wait_for(
                     self._playwright.chromium.launch(
-                        executable_path=executable,
+                        executable_path=self._executable,
                         headless=self._settings.browser_headless,
-                        args=list(CHROMIUM_ARGS),
+                        args=[*CHROMIUM_ARGS, *STEALTH_ARGS],
                     ),
                     timeout=30,
                 )
             except (PlaywrightError, TimeoutError) as exc:
-                raise BrowserUnavailable(f"Chromium failed to launch ({executable or 'playwright'}): {exc}") from exc
-            BROWSER_LAUNCHES.inc()
-            log.info("launched Chromium %s from %s", self._browser.version, executable or "playwright")
-            return self._browser
+                raise BrowserUnavailable(f"Chromium failed to launch ({self._executable}): {exc}") from exc
+            new = _chromium_pids() - before
+            # The browser process is the new Chromium whose parent is not itself a new Chromium.
+            roots = [p for p in new if psutil.Process(p).ppid() not in new] if new else []
+            engine.browser, engine.pid, engine.jobs = browser, (roots[0] if roots else None), 0
+            self._chrome_major = browser.version.split(".")[0]
+            browser.on("disconnected", lambda _: self._disconnected(engine, browser))
+            LAUNCHES.inc()
+            log.info("launched Chromium %s (pid %s) from %s", browser.version, engine.pid, self._executable)
+            return browser
+
+    def _disconnected(self, engine: _Engine, browser: Browser) -> None:
+        if engine.browser is browser:
+            if not engine.recycling and not self._closed:
+                CRASHES.labels("browser").inc()
+                log.warning("Chromium %s disconnected; it will be relaunched", engine.pid)
+            engine.browser = None
+            if engine.pid:
+                _kill_tree(engine.pid)
+
+    async def _shut(self, engine: _Engine) -> None:
+        """Close an engine's Chromium, killing its process tree if it does not close in time."""
+        browser, pid = engine.browser, engine.pid
+        engine.browser, engine.pid = None, None
+        if browser is not None:
+            try:
+                await asyncio.wait_for(browser.close(), timeout=self._call_timeout)
+            except (TimeoutError, PlaywrightError) as exc:
+                log.warning("Chromium %s did not close (%s); killing it", pid, exc)
+        if pid is not None:
+            _kill_tree(pid)
+
+    async def _recycle(self, engine: _Engine, reason: str) -> None:
+        """Relaunch an engine once its running jobs are done; its contexts wait parked meanwhile."""
+        if engine.recycling:
+            return
+        engine.recycling = True
+        try:
+            await engine.drained.wait()
+            log.info("recycling Chromium %s: %s", engine.pid, reason)
+            RELAUNCHES.labels(reason).inc()
+            await self._shut(engine)
+        finally:
+            engine.recycling = False
+            for slot in engine.parked:
+                self._slots.put_nowait(slot)
+            engine.parked.clear()
+            self._sync_gauges()
+
+    async def _reap_idle(self) -> None:
+        """Close browsers that had nothing to do for ``browser_idle_s``; the next job launches one again."""
+        while True:
+            await asyncio.sleep(min(30.0, self._settings.browser_idle_s / 2))
+            now = time.monotonic()
+            for engine in self._engines:
+                idle = now - engine.idle_since >= self._settings.browser_idle_s
+                if engine.browser is not None and engine.busy == 0 and idle and not engine.recycling:
+                    await self._recycle(engine, "idle")
+
+    def _background(self, coro: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _sync_gauges(self) -> None:
+        total = self._settings.browser_concurrency
+        idle = self._slots.qsize()
+        CONTEXTS.labels("idle").set(idle)
+        CONTEXTS.labels("busy").set(total - idle - sum(len(e.parked) for e in self._engines))
+
+    # -- pages -------------------------------------------------------------------------------------------------
+
+    async def _take_slot(self) -> _Slot:
+        while True:
+            slot = await self._slots.get()
+            if not slot.engine.recycling:
+                return slot
+            slot.engine.parked.append(slot)
+
+    async def _fresh_context(self, slot: _Slot, browser: Browser) -> BrowserContext:
+        if slot.context is not None:
+            reason = "relaunch" if slot.browser is not browser else "max_jobs"
+            RETIREMENTS.labels(reason).inc()
+            with contextlib.suppress(Exception):
+                await self._call(slot.context.close())
+        profile = random.choice(PROFILES)
+        context = await self._call(
+            browser.new_context(
+                user_agent=profile.user_agent(self._chrome_major),
+                viewport={"width": profile.viewport[0], "height": profile.viewport[1]},
+                locale=profile.locale,
+                timezone_id=profile.timezone,
+                extra_http_headers={"Accept-Language": profile.accept_language},
+            )
+        )
+        await self._call(
+            context.add_init_script(
+                "Object.defineProperty(Navigator.prototype, 'platform', "
+                f"{{get: () => '{profile.navigator_platform}'}});"
+            )
+        )
+        slot.context, slot.browser, slot.jobs = context, browser, 0
+        return context
 
     @asynccontextmanager
-    async def page(self, extra_headers: dict[str, str] | None = None) -> AsyncIterator[Page]:
-        """A page in a context of its own, closed (with the context) on exit."""
-        async with self._slots:
-            browser = await self._ensure_browser()
-            context = await browser.new_context(extra_http_headers=extra_headers or None)
+    async def page(self, options: PageOptions | None = None) -> AsyncIterator[Page]:
+        """A fresh page in a context that no other job uses meanwhile; its state is cleared when the job ends."""
+        options = options or PageOptions()
+        slot = await self._take_slot()
+        engine = slot.engine
+        engine.busy += 1
+        engine.drained.clear()
+        self._sync_gauges()
+        page: Page | None = None
+        cdp: CDPSession | None = None
+        healthy = True
+        try:
+            browser = engine.browser if engine.browser is not None and engine.browser.is_connected() else None
+            if browser is None:
+                browser = await self._launch(engine)
+            context = slot.context
+            if context is None or slot.browser is not browser or slot.jobs >= self._settings.browser_context_max_jobs:
+                context = await self._fresh_context(slot, browser)
+            slot.jobs += 1
+            engine.jobs += 1
+            page = await self._call(context.new_page())
             PAGES_OPEN.inc()
+            crashed: list[bool] = []
+            page.on("crash", lambda _: crashed.append(True))
+            cdp = await self._call(context.new_cdp_session(page))
+            await self._call(cdp.send("Network.enable"))
+            # Each job starts with an empty cache and leaves nothing in it for the next.
+            await self._call(cdp.send("Network.setCacheDisabled", {"cacheDisabled": True}))
+            if options.block_resources:
+                await self._call(cdp.send("Network.setBlockedURLs", {"urls": BLOCKED_RESOURCES}))
+            if options.extra_headers:
+                await self._call(page.set_extra_http_headers(options.extra_headers))
+            if options.viewport:
+                await self._call(page.set_viewport_size({"width": options.viewport[0], "height": options.viewport[1]}))
             try:
-                yield await context.new_page()
-            finally:
+                yield page
+            except PlaywrightError as exc:
+                if crashed or "crash" in str(exc).lower():
+                    CRASHES.labels("tab").inc()
+                    healthy = False
+                    raise BrowserCrashed("the tab crashed while rendering the page") from exc
+                if not browser.is_connected() or "closed" in str(exc).lower():
+                    healthy = False
+                    raise BrowserCrashed(f"the browser went away while rendering the page: {exc}") from exc
+                raise
+            except BaseException:
+                # A timeout or cancellation may leave the tab busy (a script looping for ever): don't trust it.
+                healthy = False
+                raise
+        except (PlaywrightError, TimeoutError) as exc:
+            if engine.browser is None or not engine.browser.is_connected():
+                raise BrowserCrashed(f"the browser went away: {exc}") from exc
+            healthy = False
+            raise
+        finally:
+            await self._release(slot, page, cdp, healthy)
+
+    async def _release(self, slot: _Slot, page: Page | None, cdp: CDPSession | None, healthy: bool) -> None:
+        engine = slot.engine
+        try:
+            if page is not None:
                 PAGES_OPEN.dec()
+                if healthy and cdp is not None:
+                    try:
+                        origin = _origin(page.url)
+                        if origin:
+                            await self._call(
+                                cdp.send("Storage.clearDataForOrigin", {"origin": origin, "storageTypes": "all"})
+                            )
+                        await self._call(slot.context.clear_cookies())  # type: ignore[union-attr]
+                    except (PlaywrightError, TimeoutError):
+                        healthy = False
                 try:
-                    await asyncio.wait_for(context.close(), timeout=10)
-                except (TimeoutError, PlaywrightError):
-                    log.warning("browser context did not close in time")
+                    await self._call(page.close())
+                except (PlaywrightError, TimeoutError):
+                    healthy = False
+            if not healthy and slot.context is not None:
+                # A context that may hold another job's state, or a hung tab, is not handed out again.
+                RETIREMENTS.labels("unhealthy").inc()
+                context, slot.context = slot.context, None
+                try:
+                    await self._call(context.close())
+                except (PlaywrightError, TimeoutError):
+                    if engine.browser is not None and engine.browser.is_connected():
+                        self._background(self._recycle(engine, "hung"))
+        finally:
+            engine.busy -= 1
+            if engine.busy == 0:
+                engine.drained.set()
+            engine.idle_since = time.monotonic()
+            self._slots.put_nowait(slot)
+            self._sync_gauges()
+        if engine.browser is not None and not engine.recycling:
+            if engine.jobs >= self._settings.browser_max_jobs:
+                self._background(self._recycle(engine, "max_jobs"))
+            elif engine.pid and engine.jobs % 50 == 0:
+                if _tree_rss(engine.pid) > self._settings.browser_max_rss_mb * 2**20:
+                    self._background(self._recycle(engine, "rss"))
+
+    def chromium_pids(self) -> list[int]:
+        """The browser processes this pool runs now (for tests and memory measurements)."""
+        return [e.pid for e in self._engines if e.pid is not None]
+
+
+def _origin(url: str) -> str | None:
+    if not url.startswith(("http://", "https://")):
+        return None
+    scheme, _, rest = url.partition("://")
+    return f"{scheme}://{rest.split('/', 1)[0]}"

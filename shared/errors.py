@@ -1,13 +1,18 @@
 """trawl's exceptions, in one tree::
 
-TrawlError
-├── ScrapeError              the page could not be fetched or read; the job ends ``failed`` with the message
-│   ├── FetchTimeout         (also a TimeoutError) the page did not answer within the job's timeout
-│   ├── HostUnreachable      (also a ConnectionError) DNS, refused or reset connections
-│   ├── HTTPStatusError      the site answered with a 4xx or 5xx status
-│   ├── BodyTooLarge         the body is larger than the configured cap
-│   └── BrowserError         the browser or the tab failed while rendering
-└── BrowserUnavailable       no Chromium could be found or launched (a setup problem, not a page problem)
+    TrawlError
+    ├── ScrapeError              the page could not be had; the job ends ``failed`` with the message
+    │   ├── FetchTimeout         (also a TimeoutError) the page did not answer within the job's timeout
+    │   ├── HostUnreachable      (also a ConnectionError) refused or reset connections, unknown hosts   [retried]
+    │   ├── HTTPStatusError      the site answered 4xx or 5xx                                 [429 and 5xx retried]
+    │   ├── BodyTooLarge         the body is larger than the configured cap
+    │   ├── NotAPage             the body is not text (a binary type, or bytes that decode in no charset)
+    │   ├── RobotsDisallowed     the site's robots.txt forbids the URL to our user agent
+    │   └── BrowserError         the browser failed while rendering
+    │       └── BrowserCrashed   the tab or the whole browser crashed or disconnected                [retried]
+    └── BrowserUnavailable       no Chromium could be found or launched (a setup problem, not a page problem)
+
+``retryable`` says whether another attempt may succeed; ``retry_after`` is the wait the site asked for, if any.
 """
 
 from __future__ import annotations
@@ -18,7 +23,8 @@ class TrawlError(Exception):
 
 
 class ScrapeError(TrawlError):
-    pass
+    retryable = False
+    retry_after: float | None = None
 
 
 class FetchTimeout(ScrapeError, TimeoutError):
@@ -26,22 +32,36 @@ class FetchTimeout(ScrapeError, TimeoutError):
 
 
 class HostUnreachable(ScrapeError, ConnectionError):
-    pass
+    retryable = True
 
 
 class HTTPStatusError(ScrapeError):
-    def __init__(self, status: int, url: str) -> None:
+    def __init__(self, status: int, url: str, retry_after: float | None = None) -> None:
         super().__init__(f"HTTP {status} from {url}")
         self.status = status
         self.url = url
+        self.retryable = status == 429 or status >= 500
+        self.retry_after = retry_after
 
 
 class BodyTooLarge(ScrapeError):
     pass
 
 
+class NotAPage(ScrapeError):
+    pass
+
+
+class RobotsDisallowed(ScrapeError):
+    pass
+
+
 class BrowserError(ScrapeError):
     pass
+
+
+class BrowserCrashed(BrowserError):
+    retryable = True
 
 
 class BrowserUnavailable(TrawlError):

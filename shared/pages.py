@@ -30,18 +30,20 @@ CONNECTION_ERRORS = (OSError, asyncpg.PostgresConnectionError, asyncpg.Interface
 
 PAGE_COLUMNS = (
     "id", "job_id", "url", "domain", "final_url", "status_code", "headers", "title", "text", "markdown", "links",
-    "metadata", "content_hash", "render", "fetched_at",
+    "metadata", "content_hash", "render", "render_reason", "fetched_at",
 )  # fmt: skip
+CAPTURE_COLUMNS = ("page_id", "fetched_at", "kind", "content_type", "data")
 
 # Closing a job is guarded by its state, so a replayed store job (arq re-runs jobs after a crash) changes nothing
 # and stores no second page. An UPDATE, not an upsert: every job normally has its ledger row already (the gateway
 # or the scraper wrote it), and an upsert pays for a speculative insert on every row.
 _CLOSE_JOBS = """
 UPDATE jobs AS j SET status = v.status, error = v.error, started_at = coalesce(j.started_at, v.started_at),
-    finished_at = v.finished_at, fetch_ms = v.fetch_ms, page_id = v.page_id, page_fetched_at = v.page_fetched_at
+    finished_at = v.finished_at, fetch_ms = v.fetch_ms, page_id = v.page_id, page_fetched_at = v.page_fetched_at,
+    attempts = j.attempts + v.retries
 FROM unnest($1::uuid[], $2::text[], $3::text[], $4::timestamptz[], $5::timestamptz[], $6::int[], $7::bigint[],
-            $8::timestamptz[])
-     AS v(id, status, error, started_at, finished_at, fetch_ms, page_id, page_fetched_at)
+            $8::timestamptz[], $9::int[])
+     AS v(id, status, error, started_at, finished_at, fetch_ms, page_id, page_fetched_at, retries)
 WHERE j.id = v.id AND j.status IN ('queued', 'running')
 RETURNING j.id
 """
@@ -49,12 +51,13 @@ RETURNING j.id
 # The rare job with no ledger row at all (its scraper could not record it): created closed.
 _CREATE_CLOSED_JOBS = """
 INSERT INTO jobs (id, url, render, formats, status, attempts, error, started_at, finished_at, fetch_ms,
-                  page_id, page_fetched_at)
-SELECT v.id, v.url, v.render, string_to_array(v.formats, ','), v.status, 1, v.error, v.started_at, v.finished_at,
-       v.fetch_ms, v.page_id, v.page_fetched_at
+                  page_id, page_fetched_at, batch_id)
+SELECT v.id, v.url, v.render, string_to_array(v.formats, ','), v.status, 1 + v.retries, v.error, v.started_at,
+       v.finished_at, v.fetch_ms, v.page_id, v.page_fetched_at, v.batch_id
 FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::timestamptz[],
-            $8::timestamptz[], $9::int[], $10::bigint[], $11::timestamptz[])
-     AS v(id, url, render, formats, status, error, started_at, finished_at, fetch_ms, page_id, page_fetched_at)
+            $8::timestamptz[], $9::int[], $10::bigint[], $11::timestamptz[], $12::int[], $13::uuid[])
+     AS v(id, url, render, formats, status, error, started_at, finished_at, fetch_ms, page_id, page_fetched_at,
+          retries, batch_id)
 ON CONFLICT (id) DO NOTHING
 RETURNING id
 """
@@ -103,8 +106,8 @@ def _next_month(m: datetime) -> datetime:
     return datetime(m.year + (m.month == 12), m.month % 12 + 1, 1, tzinfo=UTC)
 
 
-def partition_name(month: datetime) -> str:
-    return f"pages_{month:%Y_%m}"
+def partition_name(month: datetime, table: str = "pages") -> str:
+    return f"{table}_{month:%Y_%m}"
 
 
 def domain_of(url: str) -> str:
@@ -134,10 +137,11 @@ class PageStore:
             # Serialised across processes: two CREATE ... PARTITION OF for one month would race.
             await conn.execute("SELECT pg_advisory_xact_lock($1)", _PARTITION_LOCK)
             for month in sorted(missing):
-                await conn.execute(
-                    f"CREATE TABLE IF NOT EXISTS {partition_name(month)} PARTITION OF pages "
-                    f"FOR VALUES FROM ('{month.isoformat()}') TO ('{_next_month(month).isoformat()}')"
-                )
+                for table in ("pages", "captures"):
+                    await conn.execute(
+                        f"CREATE TABLE IF NOT EXISTS {partition_name(month, table)} PARTITION OF {table} "
+                        f"FOR VALUES FROM ('{month.isoformat()}') TO ('{_next_month(month).isoformat()}')"
+                    )
         self._months |= missing
 
     def _check(self, result: ScrapeResult) -> str | None:
@@ -213,6 +217,7 @@ class PageStore:
                 [r.fetch_ms for r in batch],
                 [p[0] for p in pages],
                 [p[1] for p in pages],
+                [r.retries for r in batch],
             )
         }
         if len(closed) < len(batch):
@@ -232,6 +237,8 @@ class PageStore:
                     [r.fetch_ms for r, _ in unclosed],
                     [p[0] for _, p in unclosed],
                     [p[1] for _, p in unclosed],
+                    [r.retries for r, _ in unclosed],
+                    [r.batch_id for r, _ in unclosed],
                 )
             }
         to_store = [r for r in succeeded if r.job_id in closed]
@@ -245,10 +252,22 @@ class PageStore:
                 url = r.final_url or r.url
                 rows.append((
                     page_of[r.job_id][0], r.job_id, r.url, domain_of(url), r.final_url, r.status_code,
-                    r.headers, r.title, r.text, r.markdown, r.links, r.metadata, digest, r.render.value, r.finished_at,
+                    r.headers, r.title, r.text, r.markdown, r.links, r.metadata, digest,
+                    (r.render_used or r.render).value, r.render_reason, r.finished_at,
                 ))  # fmt: skip
             await conn.execute(_INSERT_BODIES, list(bodies), list(bodies.values()), [len(b) for b in bodies.values()])
             await conn.copy_records_to_table("pages", records=rows, columns=PAGE_COLUMNS)
+            captures = [
+                (page_of[r.job_id][0], page_of[r.job_id][1], kind, content_type, base64.b64decode(data))
+                for r in to_store
+                for kind, content_type, data in (
+                    ("screenshot", r.screenshot_type, r.screenshot_b64),
+                    ("pdf", "application/pdf", r.pdf_b64),
+                )
+                if data
+            ]
+            if captures:
+                await conn.copy_records_to_table("captures", records=captures, columns=CAPTURE_COLUMNS)
             outcome.stored_urls.extend(r.url for r in to_store)
         outcome.closed |= closed
 
@@ -275,6 +294,12 @@ class PageStore:
         else:
             row = await self.pool.fetchrow("SELECT * FROM pages WHERE id = $1", page_id)
         return page_record(row) if row else None
+
+    async def capture(self, page_id: int, kind: str) -> tuple[str, bytes] | None:
+        row = await self.pool.fetchrow(
+            "SELECT content_type, data FROM captures WHERE page_id = $1 AND kind = $2", page_id, kind
+        )
+        return (row["content_type"], row["data"]) if row else None
 
     async def body(self, content_hash_hex: str) -> bytes | None:
         data: bytes | None = await self.pool.fetchval(

@@ -22,7 +22,7 @@ from typing import Any, Literal
 
 import orjson
 from arq.connections import ArqRedis, RedisSettings, create_pool
-from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, field_validator
+from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from shared.settings import Settings
 
@@ -32,6 +32,7 @@ ARCHIVE_QUEUE = "trawl:archive"
 ALL_QUEUES = (SCRAPE_QUEUE, STORE_QUEUE, ARCHIVE_QUEUE)
 
 SCRAPE_PAGE = "scrape_page"
+SCRAPE_PAGES = "scrape_pages"
 STORE_RESULTS = "store_results"
 
 
@@ -44,34 +45,100 @@ class Format(StrEnum):
     MARKDOWN = "markdown"
     LINKS = "links"
     METADATA = "metadata"
+    SCREENSHOT = "screenshot"
+    PDF = "pdf"
 
 
 class Render(StrEnum):
     HTTP = "http"
     BROWSER = "browser"
+    # HTTP first; the browser only when the page needs JavaScript to show its content.
+    AUTO = "auto"
+
+
+class WaitUntil(StrEnum):
+    LOAD = "load"
+    DOMCONTENTLOADED = "domcontentloaded"
+    NETWORKIDLE = "networkidle"
 
 
 DEFAULT_FORMATS = (Format.HTML, Format.TEXT, Format.LINKS, Format.METADATA)
+BROWSER_FORMATS = frozenset({Format.SCREENSHOT, Format.PDF})
 
 
-class ScrapeRequest(BaseModel):
-    """One page to scrape: the payload of a ``scrape_page`` job."""
+class Viewport(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    width: int = Field(ge=200, le=3840)
+    height: int = Field(ge=200, le=2160)
+
+
+class ScrapeOptions(BaseModel):
+    """How to scrape a page: everything a job says besides its URL. Shared by single jobs and batches."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    id: uuid.UUID = Field(default_factory=uuid.uuid4)
-    url: AnyHttpUrl
-    render: Render = Render.HTTP
+    render: Render = Render.AUTO
     formats: tuple[Format, ...] = DEFAULT_FORMATS
+    # The whole job's budget, retries included: a page that never answers fails once this has passed.
     timeout_s: float = Field(30.0, gt=0, le=120)
     headers: dict[str, str] = Field(default_factory=dict, max_length=50)
+    max_retries: int = Field(3, ge=0, le=10)
+    respect_robots: bool = True
+    # Browser only.
+    wait_until: WaitUntil = WaitUntil.LOAD
+    wait_for: str | None = Field(None, min_length=1, max_length=500)
+    wait_ms: int = Field(0, ge=0, le=30_000)
+    # Images, fonts and media are not fetched unless asked (or a screenshot or PDF needs them).
+    block_resources: bool | None = None
+    viewport: Viewport | None = None
+    full_page: bool = False
+    screenshot_format: Literal["webp", "jpeg"] = "webp"
+    screenshot_target_kb: int = Field(200, ge=10, le=5000)
 
     @field_validator("formats")
     @classmethod
-    def _formats_not_empty(cls, v: tuple[Format, ...]) -> tuple[Format, ...]:
+    def _formats(cls, v: tuple[Format, ...], info: ValidationInfo) -> tuple[Format, ...]:
         if not v:
             raise ValueError("at least one format is required")
+        if info.data.get("render") is Render.HTTP and BROWSER_FORMATS & set(v):
+            raise ValueError("screenshot and pdf need render 'browser' or 'auto'")
         return tuple(dict.fromkeys(v))
+
+    @field_validator("wait_for", "wait_ms", "viewport")
+    @classmethod
+    def _browser_only(cls, v: Any, info: ValidationInfo) -> Any:
+        if v and info.data.get("render") is Render.HTTP:
+            raise ValueError(f"{info.field_name} needs render 'browser' or 'auto'")
+        return v
+
+    @property
+    def blocks_resources(self) -> bool:
+        if self.block_resources is not None:
+            return self.block_resources
+        return not (BROWSER_FORMATS & set(self.formats))
+
+    @property
+    def needs_browser(self) -> bool:
+        """Options that only a browser can honour make ``auto`` go straight to the browser."""
+        return self.render is Render.BROWSER or bool(
+            BROWSER_FORMATS & set(self.formats) or self.wait_for or self.wait_ms or self.viewport
+        )
+
+
+class ScrapeRequest(ScrapeOptions):
+    """One page to scrape: the payload of a ``scrape_page`` job, and each item of a ``scrape_pages`` job."""
+
+    id: uuid.UUID = Field(default_factory=uuid.uuid4)
+    url: AnyHttpUrl
+    batch_id: uuid.UUID | None = None
+
+
+class ScrapeBatch(BaseModel):
+    """The payload of a ``scrape_pages`` job: many pages in one queue job, so the queue's cost per page is
+    amortised. Items are validated one by one, so a malformed item fails alone."""
+
+    requests: list[dict[str, Any]] = Field(min_length=1, max_length=1000)
 
 
 class ScrapeResult(BaseModel):
@@ -83,11 +150,17 @@ class ScrapeResult(BaseModel):
     url: str
     render: Render
     formats: tuple[Format, ...]
+    batch_id: uuid.UUID | None = None
     outcome: Literal["succeeded", "failed"]
     error: str | None = None
     started_at: datetime
     finished_at: datetime
     fetch_ms: int = Field(ge=0)
+    # Fetch attempts beyond the first within this run (network errors, 429, 5xx, browser crashes).
+    retries: int = Field(0, ge=0)
+    # Which way the page was fetched (auto picks one) and why.
+    render_used: Render | None = None
+    render_reason: str | None = None
     final_url: str | None = None
     status_code: int | None = None
     headers: dict[str, str] = Field(default_factory=dict)
@@ -100,6 +173,9 @@ class ScrapeResult(BaseModel):
     html_br_b64: str | None = None
     # blake2b-128 of the raw HTML, hex: byte-identical bodies are stored once.
     content_hash: str | None = Field(None, pattern="^[0-9a-f]{32}$")
+    screenshot_b64: str | None = None
+    screenshot_type: str | None = None
+    pdf_b64: str | None = None
 
 
 class StoreBatch(BaseModel):
@@ -134,6 +210,18 @@ async def enqueue_scrape(pool: ArqRedis, request: ScrapeRequest) -> bool:
     job = await pool.enqueue_job(
         SCRAPE_PAGE, request.model_dump(mode="json"), _job_id=str(request.id), _queue_name=SCRAPE_QUEUE
     )
+    return job is not None
+
+
+async def enqueue_scrape_batch(pool: ArqRedis, requests: list[ScrapeRequest], job_id: str | None = None) -> bool:
+    """Put many pages on the scrape queue as one job (one queue round trip for all of them)."""
+    job = await pool.enqueue_job(
+        SCRAPE_PAGES,
+        {"requests": [r.model_dump(mode="json", exclude_defaults=True) | {"id": str(r.id), "url": str(r.url)}
+                      for r in requests]},
+        _job_id=job_id,
+        _queue_name=SCRAPE_QUEUE,
+    )  # fmt: skip
     return job is not None
 
 

@@ -40,9 +40,22 @@ class Settings(BaseSettings):
 
     # Scraper.
     scraper_max_jobs: int = Field(8, ge=1, le=1000)
+    # Pages fetched over HTTP at once by one scraper process, across all its jobs.
+    http_concurrency: int = Field(32, ge=1, le=1000)
+    # Pages rendered at once by one scraper process: one browser context each.
     browser_concurrency: int = Field(4, ge=1, le=64)
+    browser_processes: int = Field(1, ge=1, le=16)
+    browser_context_max_jobs: int = Field(100, ge=1)
+    browser_max_jobs: int = Field(2000, ge=1)
+    browser_max_rss_mb: int = Field(1536, ge=128)
+    browser_idle_s: float = Field(300.0, gt=0)
+    browser_call_timeout_s: float = Field(15.0, gt=0, le=120)
     browser_path: str | None = None
     browser_headless: bool = True
+    # Politeness, cluster-wide (kept in Redis): concurrent requests per domain and the gap between their starts.
+    domain_concurrency: int = Field(5, ge=1, le=1000)
+    domain_delay_s: float = Field(0.0, ge=0, le=60)
+    robots_ttl_s: int = Field(3600, ge=60)
     http_max_connections: int = Field(100, ge=1, le=10_000)
     max_body_bytes: int = Field(20 * 1024 * 1024, ge=1024)
     default_timeout_s: float = Field(30.0, gt=0, le=600)

@@ -34,6 +34,9 @@ def build_app(hits: Counter[str]) -> web.Application:
     async def page(request: web.Request) -> web.Response:
         return web.Response(text=PAGE.format(title=f"Page {request.match_info['n']}"), content_type="text/html")
 
+    async def page_private(request: web.Request) -> web.Response:
+        return web.Response(text="<title>private</title>", content_type="text/html")
+
     async def slow(request: web.Request) -> web.Response:
         await asyncio.sleep(float(request.query.get("s", "30")))
         return web.Response(text="<title>late</title>", content_type="text/html")
@@ -45,6 +48,84 @@ def build_app(hits: Counter[str]) -> web.Application:
     async def redirect_loop(request: web.Request) -> web.Response:
         raise web.HTTPFound("/loop")
 
+    async def robots(request: web.Request) -> web.Response:
+        return web.Response(text="User-agent: *\nDisallow: /private\n")
+
+    async def html(body: str, status: int = 200, **headers: str) -> web.Response:
+        return web.Response(text=body, status=status, content_type="text/html", headers=headers)
+
+    async def spa(request: web.Request) -> web.Response:
+        return await html(
+            '<html><head><title>SPA</title></head><body><div id="root"></div><script>'
+            "document.getElementById('root').innerHTML ="
+            " '<h1>Rendered by the app</h1><p>' + 'word '.repeat(80) + '</p>'"
+            "</script></body></html>"
+        )
+
+    async def js_loop(request: web.Request) -> web.Response:
+        return await html("<html><title>loop</title><body>before<script>while (true) {}</script></body></html>")
+
+    async def huge(request: web.Request) -> web.StreamResponse:
+        # 100 MB of HTML, streamed without a Content-Length, as a page that never stops would be.
+        resp = web.StreamResponse(headers={"Content-Type": "text/html"})
+        await resp.prepare(request)
+        chunk = b"<p>" + b"x" * (1 << 20) + b"</p>"
+        try:
+            for _ in range(100):
+                await resp.write(chunk)
+        except (ConnectionError, RuntimeError):
+            pass  # the client gave up, as it should
+        return resp
+
+    async def binary(request: web.Request) -> web.Response:
+        noise = bytes((i * 7919 + 13) % 256 for i in range(64 * 1024))
+        return web.Response(body=noise, headers={"Content-Type": "text/html; charset=utf-8"})
+
+    async def odd_charset(request: web.Request) -> web.Response:
+        body = (
+            "<html><title>Größe</title><body>Grüße aus Köln, a page in UTF-8 with a charset nobody knows</body></html>"
+        )
+        return web.Response(body=body.encode(), headers={"Content-Type": "text/html; charset=x-nonsense"})
+
+    async def latin1(request: web.Request) -> web.Response:
+        body = (
+            '<html><head><meta charset="iso-8859-1"><title>Caf\xe9</title></head>'
+            "<body>cr\xe8me br\xfbl\xe9e</body></html>"
+        )
+        return web.Response(body=body.encode("latin-1"), headers={"Content-Type": "text/html"})
+
+    async def flaky(request: web.Request) -> web.Response:
+        """Fails the first ``fail`` times for each ``key`` (with a Retry-After when ``after`` is given)."""
+        key = request.query["key"]
+        failures[key] += 1
+        if failures[key] <= int(request.query.get("fail", "2")):
+            status = int(request.query.get("status", "503"))
+            extra = {"Retry-After": request.query["after"]} if "after" in request.query else {}
+            return await html("<title>busy</title>", status=status, **extra)
+        return await html(f"<html><title>ok after {failures[key] - 1}</title><body>{'fine ' * 60}</body></html>")
+
+    async def state(request: web.Request) -> web.Response:
+        """Reports the cookies and storage a page can see, then leaves some behind for the next job."""
+        return await html(
+            "<html><title>state</title><body><pre id=seen></pre><script>"
+            "document.getElementById('seen').textContent = 'cookie=[' + document.cookie + '] local=[' +"
+            " (localStorage.getItem('k') || '') + '] webdriver=[' + navigator.webdriver + '] platform=[' +"
+            " navigator.platform + ']';"
+            "document.cookie = 'k=left-behind; path=/'; localStorage.setItem('k', 'left-behind');"
+            "</script></body></html>"
+        )
+
+    failures: Counter[str] = Counter()
+    app.router.add_get("/robots.txt", robots)
+    app.router.add_get("/private/{tail:.*}", page_private)
+    app.router.add_get("/spa", spa)
+    app.router.add_get("/jsloop", js_loop)
+    app.router.add_get("/huge", huge)
+    app.router.add_get("/binary", binary)
+    app.router.add_get("/odd-charset", odd_charset)
+    app.router.add_get("/latin1", latin1)
+    app.router.add_get("/flaky", flaky)
+    app.router.add_get("/state", state)
     app.router.add_get("/page/{n}", page)
     app.router.add_get("/slow", slow)
     app.router.add_get("/status/{code}", status)

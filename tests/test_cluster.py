@@ -50,7 +50,9 @@ async def gateway(cluster: Settings) -> AsyncIterator[aiohttp.ClientSession]:
 async def test_http_job_is_fetched_read_and_stored(
     gateway: aiohttp.ClientSession, site: LocalSite, pg: asyncpg.Pool
 ) -> None:
-    job_id = await submit(gateway, url=site.url("/page/1"), formats=["html", "text", "links", "metadata"])
+    job_id = await submit(
+        gateway, url=site.url("/page/1"), render="http", formats=["html", "text", "links", "metadata"]
+    )
     job = await wait_for_job(gateway, job_id)
     assert job["status"] == "succeeded", job
     assert job["attempts"] == 1
@@ -121,7 +123,7 @@ async def test_invalid_payload_from_outside_producer_fails_the_job_with_its_reas
         await queue.aclose()
     job = await wait_for_job(gateway, str(job_id))
     assert job["status"] == "failed"
-    assert "invalid scrape_page payload" in job["error"] and "url" in job["error"]
+    assert "invalid scrape request" in job["error"] and "url" in job["error"]
 
 
 @pytest.mark.parametrize(

@@ -32,7 +32,7 @@ async def test_accepted_job_is_in_the_ledger_and_on_the_queue_as_json(
     resp = await client.post("/v1/jobs", json={"url": "http://127.0.0.1:1/a", "formats": ["text", "links"]})
     assert resp.status == 202
     body = await resp.json()
-    assert body["status"] == "queued" and body["formats"] == ["text", "links"] and body["render"] == "http"
+    assert body["status"] == "queued" and body["formats"] == ["text", "links"] and body["render"] == "auto"
     job_id = uuid.UUID(body["id"])
     row = await pg.fetchrow("SELECT status, url, formats FROM jobs WHERE id = $1", job_id)
     assert dict(row) == {"status": "queued", "url": "http://127.0.0.1:1/a", "formats": ["text", "links"]}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from services.gateway import jobs, pages
+from services.gateway import batches, jobs, pages
 from services.gateway.state import QUEUE, queue_ctx, store_ctx
 from shared.backends import SETTINGS, backend_checks, pg_ctx
 from shared.observability import add_ops_routes
@@ -20,6 +20,10 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_get("/v1/jobs/{id}/result", jobs.get_result)
     app.router.add_get("/v1/pages", pages.list_pages)
     app.router.add_get("/v1/pages/{id}", pages.get_page)
+    app.router.add_get("/v1/pages/{id}/{kind:screenshot|pdf}", pages.get_capture)
+    app.router.add_post("/v1/batches", batches.submit_batch)
+    app.router.add_get("/v1/batches/{id}", batches.get_batch)
+    app.router.add_get("/v1/batches/{id}/jobs", batches.list_batch_jobs)
     app.router.add_get("/v1/stats", pages.stats)
     add_ops_routes(app, "gateway", backend_checks(app, QUEUE))
     return app

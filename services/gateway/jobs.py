@@ -43,17 +43,25 @@ def _job_links(job_id: uuid.UUID) -> dict[str, str]:
     return {"self": f"/v1/jobs/{job_id}", "result": f"/v1/jobs/{job_id}/result"}
 
 
-async def submit_job(request: web.Request) -> web.Response:
+async def read_json_object(request: web.Request) -> dict[str, Any] | web.Response:
+    """The request's JSON object, or the problem response that says why there is none."""
     try:
         body = await request.json(loads=orjson.loads)
     except ValueError:
         return problem(400, "Malformed JSON", "the request body is not valid JSON")
     if not isinstance(body, dict):
         return problem(422, "Invalid request", "the body must be a JSON object", errors=[{"field": "body"}])
-    if "id" in body:
+    return body
+
+
+async def submit_job(request: web.Request) -> web.Response:
+    body = await read_json_object(request)
+    if isinstance(body, web.Response):
+        return body
+    if assigned := [f for f in ("id", "batch_id") if f in body]:
         return problem(
-            422, "Invalid request", "invalid value for: id",
-            errors=[{"field": "id", "message": "job ids are assigned by the gateway"}],
+            422, "Invalid request", f"invalid value for: {', '.join(assigned)}",
+            errors=[{"field": f, "message": "assigned by the gateway"} for f in assigned],
         )  # fmt: skip
     try:
         submission = JobSubmission.model_validate(body)
@@ -151,8 +159,9 @@ async def page_in_formats(request: web.Request, page: dict[str, Any], formats: s
     """A stored page as the formats ask: html bodies are read (and decompressed) only when asked for."""
     out = {
         k: page[k]
-        for k in ("id", "url", "final_url", "status_code", "headers", "title", "render", "fetched_at", "domain")
-    }
+        for k in ("id", "url", "final_url", "status_code", "headers", "title", "render", "render_reason",
+                  "fetched_at", "domain")
+    }  # fmt: skip
     if Format.RAW_HTML in formats or Format.HTML in formats:
         html_br = await request.app[STORE].body(page["content_hash"])
         raw = decompress(html_br).decode() if html_br is not None else None
@@ -163,6 +172,9 @@ async def page_in_formats(request: web.Request, page: dict[str, Any], formats: s
     for name in (Format.TEXT, Format.MARKDOWN, Format.LINKS, Format.METADATA):
         if name in formats:
             out[name.value] = page[name.value]
+    for name in (Format.SCREENSHOT, Format.PDF):
+        if name in formats:
+            out[name.value] = f"/v1/pages/{page['id']}/{name.value}"
     return out
 
 

@@ -70,5 +70,19 @@ async def get_page(request: web.Request) -> web.Response:
     return json_response(await page_in_formats(request, page, formats))
 
 
+async def get_capture(request: web.Request) -> web.Response:
+    """A page's screenshot or PDF, as the bytes themselves."""
+    kind = request.match_info["kind"]
+    try:
+        page_id = int(request.match_info["id"])
+    except ValueError:
+        page_id = -1
+    found = await request.app[STORE].capture(page_id, kind) if page_id >= 0 else None
+    if found is None:
+        return problem(404, f"No {kind}", f"page {request.match_info['id']} has no {kind}")
+    content_type, data = found
+    return web.Response(body=data, content_type=content_type)
+
+
 async def stats(request: web.Request) -> web.Response:
     return json_response(await request.app[STORE].stats())

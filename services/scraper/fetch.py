@@ -1,19 +1,40 @@
-"""Getting a page: over plain HTTP with aiohttp, or rendered in Chromium through the browser pool."""
+"""Getting a page: over plain HTTP with aiohttp, or rendered in Chromium through the browser pool, and deciding
+for ``render: auto`` whether a page needs the browser at all."""
 
 from __future__ import annotations
 
 import asyncio
+import re
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 
 import aiohttp
+from charset_normalizer import from_bytes
 from playwright.async_api import Error as PlaywrightError
 from playwright.async_api import TimeoutError as PlaywrightTimeout
 
-from shared.browser import BrowserPool
-from shared.errors import BodyTooLarge, BrowserError, FetchTimeout, HostUnreachable, HTTPStatusError, ScrapeError
-from shared.queues import ScrapeRequest
+from shared.browser import BrowserPool, PageOptions
+from shared.errors import (
+    BodyTooLarge,
+    BrowserCrashed,
+    BrowserError,
+    FetchTimeout,
+    HostUnreachable,
+    HTTPStatusError,
+    NotAPage,
+    ScrapeError,
+)
+from shared.extract import Extracted
+from shared.images import fit_screenshot
+from shared.queues import Format, ScrapeRequest
 
 _TEXTUAL = ("text/", "application/xhtml+xml", "application/xml", "application/json", "application/ld+json")
+_META_CHARSET = re.compile(rb"""<meta[^>]+charset\s*=\s*["']?\s*([a-zA-Z0-9_.:-]+)""", re.IGNORECASE)
+_SPA_ROOT = re.compile(r"""<div[^>]+id\s*=\s*["']?(root|app|__next|__nuxt|svelte)["']?[^>]*>\s*</div>""", re.IGNORECASE)
+_NOSCRIPT_HINT = re.compile(r"<noscript[^>]*>[^<]*(enable|requires?)\s+javascript", re.IGNORECASE)
+# A page with less text than this and scripts of its own probably writes its content with JavaScript.
+_THIN_TEXT = 200
 
 
 @dataclass(slots=True)
@@ -22,59 +43,134 @@ class Fetched:
     status_code: int
     headers: dict[str, str]
     html: str
+    screenshot: bytes | None = None
+    screenshot_type: str | None = None
+    pdf: bytes | None = None
 
 
-async def fetch_http(session: aiohttp.ClientSession, request: ScrapeRequest, max_body: int) -> Fetched:
+def retry_after_s(value: str | None) -> float | None:
+    """The Retry-After header in seconds (it may be a number or an HTTP date)."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        return max(0.0, (parsedate_to_datetime(value) - datetime.now(UTC)).total_seconds())
+    except (TypeError, ValueError):
+        return None
+
+
+def decode_body(body: bytes, declared: str | None) -> str:
+    """Text from a body: the declared charset, else a ``<meta charset>``, else detection; bytes that are text in
+    no charset (binary served as HTML) are refused rather than stored as garbage."""
+    candidates = [declared] if declared else []
+    if match := _META_CHARSET.search(body[:4096]):
+        candidates.append(match.group(1).decode("ascii", "replace"))
+    candidates.append("utf-8")
+    for charset in candidates:
+        try:
+            return body.decode(charset)
+        except (LookupError, UnicodeDecodeError):
+            continue
+    best = from_bytes(body[:200_000]).best()
+    if best is None or best.encoding is None:
+        raise NotAPage("the body is not text in any known charset")
+    return body.decode(best.encoding, errors="replace")
+
+
+async def fetch_http(
+    session: aiohttp.ClientSession, request: ScrapeRequest, max_body: int, timeout_s: float
+) -> Fetched:
     url = str(request.url)
     try:
         async with session.get(
-            url,
-            headers=request.headers,
-            timeout=aiohttp.ClientTimeout(total=request.timeout_s),
-            max_redirects=10,
+            url, headers=request.headers, timeout=aiohttp.ClientTimeout(total=timeout_s), max_redirects=10
         ) as resp:
             if resp.status >= 400:
-                raise HTTPStatusError(resp.status, str(resp.url))
+                raise HTTPStatusError(resp.status, str(resp.url), retry_after_s(resp.headers.get("Retry-After")))
             content_type = resp.headers.get("Content-Type", "text/html")
             if not content_type.startswith(_TEXTUAL):
-                raise ScrapeError(f"not a text page: Content-Type {content_type}")
+                raise NotAPage(f"not a text page: Content-Type {content_type}")
             if resp.content_length is not None and resp.content_length > max_body:
                 raise BodyTooLarge(f"body of {resp.content_length} bytes is over the {max_body}-byte cap")
-            body = await resp.content.read(max_body + 1)
-            if len(body) > max_body:
-                raise BodyTooLarge(f"body is over the {max_body}-byte cap")
-            charset = resp.charset or "utf-8"
-            try:
-                html = body.decode(charset, errors="replace")
-            except LookupError:  # a charset name Python does not know
-                html = body.decode("utf-8", errors="replace")
-            return Fetched(str(resp.url), resp.status, dict(resp.headers), html)
+            chunks: list[bytes] = []
+            size = 0
+            async for chunk in resp.content.iter_chunked(1 << 16):
+                size += len(chunk)
+                if size > max_body:
+                    raise BodyTooLarge(f"body is over the {max_body}-byte cap")
+                chunks.append(chunk)
+            body = b"".join(chunks)
+            return Fetched(str(resp.url), resp.status, dict(resp.headers), decode_body(body, resp.charset))
     except TimeoutError as exc:
-        raise FetchTimeout(f"no complete answer from {url} within {request.timeout_s:g} s") from exc
+        raise FetchTimeout(f"no complete answer from {url} within {timeout_s:.3g} s") from exc
     except aiohttp.TooManyRedirects as exc:
         raise ScrapeError(f"too many redirects from {url}") from exc
     except aiohttp.ClientConnectorError as exc:
         raise HostUnreachable(f"cannot connect to {url}: {exc.os_error or exc}") from exc
+    except (aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError, aiohttp.ClientOSError) as exc:
+        raise HostUnreachable(f"the connection to {url} broke: {type(exc).__name__}: {exc}") from exc
     except aiohttp.ClientError as exc:
         raise ScrapeError(f"fetching {url} failed: {type(exc).__name__}: {exc}") from exc
 
 
-async def render_browser(pool: BrowserPool, request: ScrapeRequest) -> Fetched:
+async def render_browser(pool: BrowserPool, request: ScrapeRequest, max_body: int, timeout_s: float) -> Fetched:
     url = str(request.url)
-    timeout_ms = request.timeout_s * 1000
+    timeout_ms = timeout_s * 1000
+    options = PageOptions(
+        extra_headers=request.headers,
+        block_resources=request.blocks_resources,
+        viewport=(request.viewport.width, request.viewport.height) if request.viewport else None,
+    )
     try:
-        async with asyncio.timeout(request.timeout_s + 5), pool.page(request.headers) as page:
-            response = await page.goto(url, wait_until="load", timeout=timeout_ms)
+        # The page's own deadline comes first; this one catches a browser that stops answering altogether.
+        async with asyncio.timeout(timeout_s + 5), pool.page(options) as page:
+            response = await page.goto(url, wait_until=request.wait_until.value, timeout=timeout_ms)
             if response is None:
                 raise BrowserError(f"the browser got no response for {url}")
             if response.status >= 400:
-                raise HTTPStatusError(response.status, response.url)
+                headers = await response.all_headers()
+                raise HTTPStatusError(response.status, response.url, retry_after_s(headers.get("retry-after")))
+            if request.wait_for:
+                await page.wait_for_selector(request.wait_for, timeout=timeout_ms)
+            if request.wait_ms:
+                await page.wait_for_timeout(request.wait_ms)
             html = await page.content()
-            return Fetched(page.url, response.status, await response.all_headers(), html)
+            if len(html) > max_body:
+                raise BodyTooLarge(f"the rendered page is over the {max_body}-byte cap")
+            fetched = Fetched(page.url, response.status, await response.all_headers(), html)
+            if Format.SCREENSHOT in request.formats:
+                png = await page.screenshot(full_page=request.full_page, type="png", timeout=timeout_ms)
+                shot = await asyncio.to_thread(
+                    fit_screenshot, png, target_kb=request.screenshot_target_kb, image_format=request.screenshot_format
+                )
+                fetched.screenshot, fetched.screenshot_type = shot.data, shot.content_type
+            if Format.PDF in request.formats:
+                fetched.pdf = await page.pdf(print_background=True)
+            return fetched
     except (PlaywrightTimeout, TimeoutError) as exc:
-        raise FetchTimeout(f"the page {url} did not load within {request.timeout_s:g} s") from exc
+        what = f"the selector {request.wait_for!r} did not appear" if request.wait_for else "the page did not load"
+        raise FetchTimeout(f"{what} within {timeout_s:.3g} s ({url})") from exc
+    except BrowserCrashed:
+        raise
     except PlaywrightError as exc:
         message = str(exc.message).splitlines()[0] if exc.message else repr(exc)
         if "net::ERR_CONNECTION_REFUSED" in message or "net::ERR_NAME_NOT_RESOLVED" in message:
             raise HostUnreachable(f"cannot connect to {url}: {message}") from exc
+        if "net::ERR_TOO_MANY_REDIRECTS" in message:
+            raise ScrapeError(f"too many redirects from {url}") from exc
         raise BrowserError(f"rendering {url} failed: {message}") from exc
+
+
+def browser_reason(html: str, page: Extracted) -> str | None:
+    """Why a page fetched over HTTP needs a browser to show its content, or None when its HTML has it."""
+    text_len = len(page.text)
+    if _SPA_ROOT.search(html) and text_len < 2 * _THIN_TEXT:
+        return f"an empty application root and only {text_len} characters of text"
+    if _NOSCRIPT_HINT.search(html):
+        return "the page says it needs JavaScript"
+    if text_len < _THIN_TEXT and "<script" in html.lower():
+        return f"only {text_len} characters of text and scripts that may write the rest"
+    return None

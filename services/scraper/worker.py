@@ -1,14 +1,20 @@
-"""The scraper worker: takes ``scrape_page`` jobs, fetches and reads the page, hands the result to storage."""
+"""The scraper worker: takes ``scrape_page`` and ``scrape_pages`` jobs, fetches and reads each page politely, and
+hands the results to storage in groups."""
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import logging
+import random
 import time
 import uuid
+from collections.abc import Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 import asyncpg
@@ -19,26 +25,43 @@ from prometheus_client import Counter, Histogram
 from pydantic import ValidationError
 from redis.exceptions import RedisError
 
-from services.scraper.fetch import Fetched, fetch_http, render_browser
+from services.scraper.fetch import Fetched, browser_reason, fetch_http, render_browser
 from shared.browser import BrowserPool
 from shared.codecs import content_hash, pack_body
 from shared.db import create_db_pool
-from shared.errors import TrawlError
-from shared.extract import extract, to_markdown
+from shared.errors import RobotsDisallowed, ScrapeError
+from shared.extract import Extracted, extract, to_markdown
 from shared.observability import pg_check
-from shared.queues import SCRAPE_PAGE, SCRAPE_QUEUE, Format, Render, ScrapeRequest, ScrapeResult, enqueue_store
+from shared.politeness import DomainGate, RobotsRules
+from shared.queues import (
+    SCRAPE_PAGE,
+    SCRAPE_PAGES,
+    SCRAPE_QUEUE,
+    Format,
+    Render,
+    ScrapeBatch,
+    ScrapeRequest,
+    ScrapeResult,
+    enqueue_store,
+)
 from shared.settings import Settings
 from shared.workers import build_worker, close_stack, open_ops_server
 
 log = logging.getLogger(__name__)
 
-SCRAPES = Counter("trawl_scrapes_total", "Scrape attempts by render mode and outcome", ["render", "outcome"])
-SCRAPE_SECONDS = Histogram("trawl_scrape_seconds", "Time to fetch and read one page", ["render"])
-REJECTED = Counter("trawl_scrape_rejected_total", "scrape_page payloads that failed validation")
+SCRAPES = Counter("trawl_scrapes_total", "Pages scraped, by the render mode used and outcome", ["render", "outcome"])
+SCRAPE_SECONDS = Histogram("trawl_scrape_seconds", "Time to fetch and read one page, retries included", ["render"])
+RETRIES = Counter("trawl_scrape_retries_total", "Fetch attempts repeated after a transient failure")
+REJECTED = Counter("trawl_scrape_rejected_total", "Scrape requests that failed validation")
 
-# A request's own timeout is capped at 120 s (ScrapeRequest); arq's is a little longer so that ours fires first
-# and the job ends with a reason. It also sets how soon a job whose worker died is re-run (this + 10 s).
-JOB_TIMEOUT_S = 150
+# A request's own budget is capped at 120 s (ScrapeOptions); arq's is longer so that ours fires first and the job
+# ends with a reason. It also sets how soon a job whose worker died is re-run (this + 10 s). A batch job runs its
+# pages concurrently, but a large batch on a slow site can queue behind the per-domain limit, hence the margin.
+JOB_TIMEOUT_S = 600
+# Results go to storage in groups of this many, or after this long: one queue job per group, not per page.
+STORE_GROUP = 25
+STORE_GROUP_WAIT_S = 0.5
+MAX_BACKOFF_S = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,7 +70,10 @@ class Deps:
     pg: asyncpg.Pool
     queue: ArqRedis
     http: aiohttp.ClientSession
+    http_slots: asyncio.Semaphore
     browser: BrowserPool
+    gate: DomainGate
+    robots: RobotsRules
 
 
 async def startup(ctx: dict[str, Any]) -> None:
@@ -56,51 +82,63 @@ async def startup(ctx: dict[str, Any]) -> None:
     pg = await stack.enter_async_context(create_db_pool(settings, "scraper"))
     http = await stack.enter_async_context(
         aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=settings.http_max_connections, limit_per_host=20),
+            connector=aiohttp.TCPConnector(limit=settings.http_max_connections, ttl_dns_cache=300),
             headers={"User-Agent": settings.user_agent},
         )
     )
     browser = await stack.enter_async_context(BrowserPool(settings))
+    queue: ArqRedis = ctx["redis"]
     await open_ops_server(stack, ctx, "scraper", settings.scraper_port, {"postgres": pg_check(pg)})
-    ctx["deps"] = Deps(settings=settings, pg=pg, queue=ctx["redis"], http=http, browser=browser)
+    ctx["deps"] = Deps(
+        settings=settings,
+        pg=pg,
+        queue=queue,
+        http=http,
+        http_slots=asyncio.Semaphore(settings.http_concurrency),
+        browser=browser,
+        gate=DomainGate(queue, max_per_domain=settings.domain_concurrency, min_delay_s=settings.domain_delay_s),
+        robots=RobotsRules(queue, http, settings.user_agent, ttl_s=settings.robots_ttl_s),
+    )
 
 
+# Upserted, so that jobs an outside producer put straight on the queue get a ledger row too; the WHERE clause
+# skips jobs the ledger has already closed (arq re-runs a job after a crash or a lost acknowledgement).
 _MARK_RUNNING = """
-INSERT INTO jobs (id, url, render, formats, status, attempts, started_at)
-VALUES ($1, $2, $3, $4, 'running', 1, now())
-ON CONFLICT (id) DO UPDATE SET status = 'running', attempts = jobs.attempts + 1, started_at = now()
-WHERE jobs.status IN ('queued', 'running')
-RETURNING attempts
+INSERT INTO jobs AS j (id, url, render, formats, status, attempts, started_at, batch_id)
+SELECT v.id, v.url, v.render, string_to_array(v.formats, ','), 'running', 1, now(), v.batch_id
+FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::uuid[]) AS v(id, url, render, formats, batch_id)
+ON CONFLICT (id) DO UPDATE SET status = 'running', attempts = j.attempts + 1, started_at = now()
+WHERE j.status IN ('queued', 'running')
+RETURNING j.id
 """
 
 _MARK_INVALID = """
-INSERT INTO jobs (id, url, render, formats, status, error, finished_at)
-VALUES ($1, $2, 'http', '{}', 'failed', $3, now())
+INSERT INTO jobs AS j (id, url, render, formats, status, error, finished_at)
+VALUES ($1, $2, 'auto', '{}', 'failed', $3, now())
 ON CONFLICT (id) DO UPDATE SET status = 'failed', error = $3, finished_at = now()
-WHERE jobs.status IN ('queued', 'running')
+WHERE j.status IN ('queued', 'running')
 """
 
 
 async def _reject(deps: Deps, payload: Any, exc: ValidationError) -> None:
-    """An invalid payload from an outside producer: record why in the ledger if it names a job id."""
+    """An invalid request from an outside producer: record why in the ledger if it names a job id."""
     REJECTED.inc()
-    reason = "invalid scrape_page payload: " + "; ".join(
+    reason = "invalid scrape request: " + "; ".join(
         f"{'.'.join(map(str, e['loc'])) or 'payload'}: {e['msg']}" for e in exc.errors()
     )
     job_id = payload.get("id") if isinstance(payload, dict) else None
     try:
         parsed_id = uuid.UUID(str(job_id))
     except ValueError:
-        log.error("dropped a scrape_page job with no valid id: %s", reason)
+        log.error("dropped a scrape request with no valid id: %s", reason)
         return
     url = payload.get("url") if isinstance(payload, dict) else None
     await deps.pg.execute(_MARK_INVALID, parsed_id, str(url or "")[:2048], reason)
     log.warning("job %s rejected: %s", parsed_id, reason)
 
 
-def _read(request: ScrapeRequest, fetched: Fetched) -> dict[str, Any]:
-    """The result fields the request's formats ask for (html bodies are always kept, for reads and dedupe)."""
-    page = extract(fetched.html, fetched.final_url)
+def _read(request: ScrapeRequest, fetched: Fetched, page: Extracted) -> dict[str, Any]:
+    """The result fields the request's formats ask for (bodies are always kept, for reads and dedupe)."""
     raw = fetched.html.encode()
     fields: dict[str, Any] = {
         "final_url": fetched.final_url,
@@ -119,84 +157,183 @@ def _read(request: ScrapeRequest, fetched: Fetched) -> dict[str, Any]:
         fields["metadata"] = page.metadata
     if Format.MARKDOWN in wanted:
         fields["markdown"] = to_markdown(fetched.html)
+    if fetched.screenshot is not None:
+        fields["screenshot_b64"] = base64.b64encode(fetched.screenshot).decode("ascii")
+        fields["screenshot_type"] = fetched.screenshot_type
+    if fetched.pdf is not None:
+        fields["pdf_b64"] = base64.b64encode(fetched.pdf).decode("ascii")
     return fields
 
 
-async def scrape_page(ctx: dict[str, Any], payload: Any) -> str:
-    deps: Deps = ctx["deps"]
-    try:
-        request = ScrapeRequest.model_validate(payload)
-    except ValidationError as exc:
-        await _reject(deps, payload, exc)
-        return "rejected"
+async def _attempt(deps: Deps, request: ScrapeRequest, budget_s: float) -> tuple[Fetched, Extracted, Render, str]:
+    """One try at a page: robots, the domain's politeness slot, then HTTP and/or the browser."""
+    url = str(request.url)
+    if request.respect_robots:
+        allowed, why = await deps.robots.verdict(url)
+        if not allowed:
+            raise RobotsDisallowed(why)
+    settings = deps.settings
+    async with deps.gate.slot(urlsplit(url).hostname or ""):
+        if request.needs_browser:
+            fetched = await render_browser(deps.browser, request, settings.max_body_bytes, budget_s)
+            why = "asked for" if request.render is Render.BROWSER else "the options need a browser"
+            return fetched, extract(fetched.html, fetched.final_url), Render.BROWSER, why
+        t0 = time.monotonic()
+        async with deps.http_slots:
+            fetched = await fetch_http(deps.http, request, settings.max_body_bytes, budget_s)
+        page = extract(fetched.html, fetched.final_url)
+        if request.render is Render.AUTO and (needs := browser_reason(fetched.html, page)):
+            remaining = budget_s - (time.monotonic() - t0)
+            fetched = await render_browser(deps.browser, request, settings.max_body_bytes, remaining)
+            return fetched, extract(fetched.html, fetched.final_url), Render.BROWSER, needs
+        return fetched, page, Render.HTTP, "asked for" if request.render is Render.HTTP else "the HTML has the content"
 
-    try:
-        attempts = await deps.pg.fetchval(
-            _MARK_RUNNING, request.id, str(request.url), request.render.value, [f.value for f in request.formats]
-        )
-    except (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError) as exc:
-        log.warning("job %s: database unavailable (%s), retrying", request.id, exc)
-        raise Retry(defer=min(30, 2 ** ctx["job_try"])) from exc
-    if attempts is None:
-        # A replay of a job the ledger already closed (arq re-ran it after a lost acknowledgement).
-        log.info("job %s already finished, skipping replay", request.id)
-        return "already finished"
 
+def _backoff(retry: int, retry_after: float | None) -> float:
+    """Exponential backoff with full jitter; a site's Retry-After is a floor, not a suggestion."""
+    delay = random.uniform(0, min(MAX_BACKOFF_S, 0.5 * 2**retry))
+    return max(delay, retry_after or 0.0)
+
+
+async def scrape_one(deps: Deps, request: ScrapeRequest) -> ScrapeResult:
+    """Scrape one page within its budget, retrying transient failures; always returns a result, never raises."""
     started = datetime.now(UTC)
-    t0 = time.perf_counter()
-    fields: dict[str, Any]
-    try:
-        if request.render is Render.BROWSER:
-            fetched = await render_browser(deps.browser, request)
-        else:
-            fetched = await fetch_http(deps.http, request, deps.settings.max_body_bytes)
-        fields = _read(request, fetched)
-        outcome, error = "succeeded", None
-    except TrawlError as exc:
-        fields = {}
-        outcome, error = "failed", str(exc)
-    except Exception as exc:
-        # A page that trips a bug of ours must still end its job with a reason, not leave it running forever.
-        log.exception("job %s: unexpected error", request.id)
-        fields = {}
-        outcome, error = "failed", f"internal error: {type(exc).__name__}: {exc}"
-    elapsed = time.perf_counter() - t0
-    SCRAPE_SECONDS.labels(request.render.value).observe(elapsed)
-    SCRAPES.labels(request.render.value, outcome).inc()
-
-    result = ScrapeResult(
+    t0 = time.monotonic()
+    deadline = t0 + request.timeout_s
+    retries = 0
+    fields: dict[str, Any] = {}
+    error: str | None = None
+    used: Render | None = None
+    reason: str | None = None
+    while True:
+        try:
+            fetched, page, used, reason = await _attempt(deps, request, deadline - time.monotonic())
+            fields = _read(request, fetched, page)
+            break
+        except ScrapeError as exc:
+            delay = _backoff(retries, exc.retry_after)
+            if exc.retryable and retries < request.max_retries and time.monotonic() + delay < deadline - 0.1:
+                RETRIES.inc()
+                retries += 1
+                log.info("job %s: %s; retry %d in %.2f s", request.id, exc, retries, delay)
+                await asyncio.sleep(delay)
+                continue
+            error = str(exc) + (f" (after {retries + 1} attempts)" if retries else "")
+            break
+        except Exception as exc:
+            # A page that trips a bug of ours must still end its job with a reason, not leave it running.
+            log.exception("job %s: unexpected error", request.id)
+            error = f"internal error: {type(exc).__name__}: {exc}"
+            break
+    elapsed = time.monotonic() - t0
+    outcome = "failed" if error else "succeeded"
+    label = (used or request.render).value
+    SCRAPE_SECONDS.labels(label).observe(elapsed)
+    SCRAPES.labels(label, outcome).inc()
+    if error:
+        log.info("job %s failed in %.0f ms: %s", request.id, elapsed * 1000, error)
+    return ScrapeResult(
         job_id=request.id,
         url=str(request.url),
         render=request.render,
         formats=request.formats,
+        batch_id=request.batch_id,
         outcome=outcome,
         error=error,
         started_at=started,
         finished_at=datetime.now(UTC),
         fetch_ms=round(elapsed * 1000),
+        retries=retries,
+        render_used=used if not error else None,
+        render_reason=reason if not error else None,
         **fields,
     )
+
+
+class ResultSender:
+    """Hands results to storage in groups: one store job per ``STORE_GROUP`` results (or per half second)."""
+
+    def __init__(self, queue: ArqRedis) -> None:
+        self.queue = queue
+        self._buffer: list[ScrapeResult] = []
+        self._since = 0.0
+
+    async def add(self, result: ScrapeResult) -> None:
+        if not self._buffer:
+            self._since = time.monotonic()
+        self._buffer.append(result)
+        if len(self._buffer) >= STORE_GROUP or time.monotonic() - self._since >= STORE_GROUP_WAIT_S:
+            await self.flush()
+
+    async def flush(self) -> None:
+        if self._buffer:
+            results, self._buffer = self._buffer, []
+            await enqueue_store(self.queue, results)
+
+
+async def _scrape(ctx: dict[str, Any], payloads: Sequence[Any]) -> str:
+    deps: Deps = ctx["deps"]
+    requests: list[ScrapeRequest] = []
+    for payload in payloads:
+        try:
+            requests.append(ScrapeRequest.model_validate(payload))
+        except ValidationError as exc:
+            await _reject(deps, payload, exc)
+    if not requests:
+        return "rejected"
     try:
-        await enqueue_store(deps.queue, [result])
+        runnable = {
+            row[0]
+            for row in await deps.pg.fetch(
+                _MARK_RUNNING,
+                [r.id for r in requests],
+                [str(r.url) for r in requests],
+                [r.render.value for r in requests],
+                [",".join(f.value for f in r.formats) for r in requests],
+                [r.batch_id for r in requests],
+            )
+        }
+    except (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError) as exc:
+        log.warning("job %s: database unavailable (%s), retrying", ctx["job_id"], exc)
+        raise Retry(defer=min(30, 2 ** ctx["job_try"])) from exc
+
+    sender = ResultSender(deps.queue)
+
+    async def one(request: ScrapeRequest) -> None:
+        await sender.add(await scrape_one(deps, request))
+
+    try:
+        await asyncio.gather(*(one(r) for r in requests if r.id in runnable))
+        await sender.flush()
     except RedisError as exc:
-        # The page is fetched but storage never heard of it: run the job again rather than lose it.
-        log.warning("job %s: store queue unavailable (%s), retrying", request.id, exc)
-        raise Retry(defer=ctx["job_try"] * 2) from exc
-    log.info(
-        "job %s %s in %.0f ms (%s)%s",
-        request.id,
-        outcome,
-        elapsed * 1000,
-        request.render.value,
-        f": {error}" if error else "",
-    )
-    return outcome
+        # Pages were fetched but storage never heard of them: run the job again rather than lose them.
+        log.warning("job %s: store queue unavailable (%s), retrying", ctx["job_id"], exc)
+        raise Retry(defer=min(30, 2 ** ctx["job_try"])) from exc
+    skipped = len(requests) - len(runnable)
+    return f"{len(runnable)} scraped" + (f", {skipped} already finished" if skipped else "")
+
+
+async def scrape_page(ctx: dict[str, Any], payload: Any) -> str:
+    return await _scrape(ctx, [payload])
+
+
+async def scrape_pages(ctx: dict[str, Any], payload: Any) -> str:
+    try:
+        batch = ScrapeBatch.model_validate(payload)
+    except ValidationError as exc:
+        REJECTED.inc()
+        log.error("dropped a scrape_pages payload with no requests: %s", exc)
+        return "rejected"
+    return await _scrape(ctx, batch.requests)
 
 
 def create_worker(settings: Settings) -> Worker:
     return build_worker(
         settings,
-        functions=[func(scrape_page, name=SCRAPE_PAGE, timeout=JOB_TIMEOUT_S, max_tries=20)],
+        functions=[
+            func(scrape_page, name=SCRAPE_PAGE, timeout=JOB_TIMEOUT_S, max_tries=20),
+            func(scrape_pages, name=SCRAPE_PAGES, timeout=JOB_TIMEOUT_S, max_tries=20),
+        ],
         queue_name=SCRAPE_QUEUE,
         max_jobs=settings.scraper_max_jobs,
         on_startup=startup,

@@ -1,8 +1,15 @@
+-- Batches: many URLs submitted at once; their jobs point here.
+CREATE TABLE batches (
+    id         uuid PRIMARY KEY,
+    total      integer     NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT now()
+);
+
 -- The job ledger: the source of truth for every job's state.
 CREATE TABLE jobs (
     id              uuid PRIMARY KEY,
     url             text        NOT NULL,
-    render          text        NOT NULL CHECK (render IN ('http', 'browser')),
+    render          text        NOT NULL CHECK (render IN ('http', 'browser', 'auto')),
     formats         text[]      NOT NULL,
     status          text        NOT NULL CHECK (status IN ('queued', 'running', 'succeeded', 'failed')),
     attempts        integer     NOT NULL DEFAULT 0,
@@ -15,10 +22,13 @@ CREATE TABLE jobs (
     fetch_ms        integer,
     -- The page that answers the job: its key in the partitioned page store.
     page_id         bigint,
-    page_fetched_at timestamptz
+    page_fetched_at timestamptz,
+    batch_id        uuid
 );
 -- Jobs by state (stats, metrics) is a count over this index alone.
 CREATE INDEX jobs_status_idx ON jobs (status);
+-- A batch's progress and its jobs.
+CREATE INDEX jobs_batch_idx ON jobs (batch_id, status) WHERE batch_id IS NOT NULL;
 -- Retention deletes finished jobs by age.
 CREATE INDEX jobs_finished_at_idx ON jobs (finished_at) WHERE finished_at IS NOT NULL;
 
@@ -46,7 +56,9 @@ CREATE TABLE pages (
     links        jsonb,
     metadata     jsonb,
     content_hash bytea       NOT NULL,
+    -- How the page was fetched (http or browser; auto picks one) and why.
     render       text        NOT NULL,
+    render_reason text,
     fetched_at   timestamptz NOT NULL,
     -- GET /v1/pages/{id} and job results look pages up by id (and fetched_at where known).
     PRIMARY KEY (id, fetched_at)
@@ -57,3 +69,13 @@ CREATE INDEX pages_url_idx ON pages (url, fetched_at DESC);
 CREATE INDEX pages_domain_idx ON pages (domain, fetched_at DESC, id DESC);
 -- Listing by time alone, keyset paginated.
 CREATE INDEX pages_fetched_idx ON pages (fetched_at DESC, id DESC);
+
+-- Screenshots and PDFs, apart from the page rows that reads scan; partitioned like pages, so a month moves whole.
+CREATE TABLE captures (
+    page_id      bigint      NOT NULL,
+    fetched_at   timestamptz NOT NULL,
+    kind         text        NOT NULL CHECK (kind IN ('screenshot', 'pdf')),
+    content_type text        NOT NULL,
+    data         bytea       NOT NULL,
+    PRIMARY KEY (page_id, fetched_at, kind)
+) PARTITION BY RANGE (fetched_at);

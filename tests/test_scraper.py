@@ -1,0 +1,208 @@
+"""The scraper engine on real Chromium, Valkey and PostgreSQL against the local test site: render modes, formats,
+retries, robots, hostile pages, isolation, and a browser pool that survives crashes."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import io
+import os
+import signal
+import time
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
+from typing import Any
+
+import aiohttp
+import psutil
+import pytest
+from PIL import Image
+
+from services.scraper.worker import Deps, scrape_one
+from shared.browser import BrowserPool, PageOptions
+from shared.db import create_db_pool
+from shared.errors import BrowserCrashed
+from shared.politeness import DomainGate, RobotsRules
+from shared.queues import ScrapeRequest, ScrapeResult, create_queue_pool
+from shared.settings import Settings
+from tests.site import LocalSite
+
+
+@pytest.fixture(scope="module")
+async def deps(settings: Settings) -> AsyncIterator[Deps]:
+    tuned = settings.model_copy(update={"browser_concurrency": 2, "browser_call_timeout_s": 5})
+    async with AsyncExitStack() as stack:
+        pg = await stack.enter_async_context(create_db_pool(tuned, "scraper-tests"))
+        queue = await create_queue_pool(tuned)
+        stack.push_async_callback(queue.aclose)
+        http = await stack.enter_async_context(aiohttp.ClientSession(headers={"User-Agent": tuned.user_agent}))
+        browser = await stack.enter_async_context(BrowserPool(tuned))
+        yield Deps(
+            settings=tuned,
+            pg=pg,
+            queue=queue,
+            http=http,
+            http_slots=asyncio.Semaphore(8),
+            browser=browser,
+            gate=DomainGate(queue, max_per_domain=8),
+            robots=RobotsRules(queue, http, tuned.user_agent),
+        )
+
+
+async def scrape(deps: Deps, url: str, **options: Any) -> ScrapeResult:
+    return await scrape_one(deps, ScrapeRequest.model_validate({"url": url, **options}))
+
+
+async def test_auto_uses_http_when_the_html_has_the_content(deps: Deps, site: LocalSite) -> None:
+    result = await scrape(deps, site.url("/flaky?key=auto-static&fail=0"))
+    assert result.outcome == "succeeded", result.error
+    assert result.render_used == "http" and result.render_reason == "the HTML has the content"
+
+
+async def test_auto_renders_pages_whose_content_javascript_writes(deps: Deps, site: LocalSite) -> None:
+    result = await scrape(deps, site.url("/spa"), formats=["text"])
+    assert result.outcome == "succeeded", result.error
+    assert result.render_used == "browser" and "application root" in (result.render_reason or "")
+    assert "Rendered by the app" in (result.text or "")
+
+
+async def test_http_mode_never_runs_javascript(deps: Deps, site: LocalSite) -> None:
+    result = await scrape(deps, site.url("/spa"), render="http", formats=["text"])
+    assert result.outcome == "succeeded" and result.render_used == "http"
+    assert "Rendered by the app" not in (result.text or "")
+
+
+async def test_screenshot_fits_its_target_and_pdf_is_a_pdf(deps: Deps, site: LocalSite) -> None:
+    result = await scrape(
+        deps, site.url("/page/shot"), formats=["screenshot", "pdf", "text"], screenshot_target_kb=30, full_page=True
+    )
+    assert result.outcome == "succeeded", result.error
+    assert result.render_used == "browser" and result.screenshot_type == "image/webp"
+    shot = base64.b64decode(result.screenshot_b64 or "")
+    assert 0 < len(shot) <= 30 * 1024
+    assert Image.open(io.BytesIO(shot)).format == "WEBP"
+    assert base64.b64decode(result.pdf_b64 or "").startswith(b"%PDF")
+
+
+async def test_wait_for_a_selector_and_its_timeout(deps: Deps, site: LocalSite) -> None:
+    ok = await scrape(deps, site.url("/spa"), render="browser", wait_for="h1", formats=["text"])
+    assert ok.outcome == "succeeded" and "Rendered by the app" in (ok.text or "")
+    missing = await scrape(deps, site.url("/spa"), render="browser", wait_for="#never", timeout_s=2)
+    assert missing.outcome == "failed" and "'#never' did not appear" in (missing.error or "")
+
+
+async def test_transient_failures_are_retried_and_retry_after_is_honoured(deps: Deps, site: LocalSite) -> None:
+    result = await scrape(deps, site.url("/flaky?key=retry-503&fail=2"), render="http")
+    assert result.outcome == "succeeded" and result.retries == 2 and result.title == "ok after 2"
+
+    t0 = time.monotonic()
+    result = await scrape(deps, site.url("/flaky?key=retry-429&fail=1&status=429&after=1"), render="http")
+    assert result.outcome == "succeeded" and result.retries == 1
+    assert time.monotonic() - t0 >= 1.0
+
+    gave_up = await scrape(deps, site.url("/flaky?key=retry-forever&fail=99"), render="http", max_retries=2)
+    assert gave_up.outcome == "failed" and gave_up.retries == 2
+    assert "HTTP 503" in (gave_up.error or "") and "after 3 attempts" in (gave_up.error or "")
+
+
+async def test_client_errors_and_robots_fail_at_once(deps: Deps, site: LocalSite) -> None:
+    not_found = await scrape(deps, site.url("/status/404"))
+    assert not_found.outcome == "failed" and not_found.retries == 0 and "HTTP 404" in (not_found.error or "")
+    private = await scrape(deps, site.url("/private/secret"))
+    assert private.outcome == "failed" and "robots.txt" in (private.error or "")
+    ignored = await scrape(deps, site.url("/private/secret"), respect_robots=False, render="http")
+    assert ignored.outcome == "succeeded"
+
+
+@pytest.mark.parametrize(
+    ("path", "options", "reason"),
+    [
+        ("/slow?s=60", {"timeout_s": 2}, "within 2 s"),
+        ("/jsloop", {"render": "browser", "timeout_s": 3}, "did not load within 3 s"),
+        ("/loop", {"render": "http"}, "too many redirects"),
+        ("/loop", {"render": "browser"}, "too many redirects"),
+        ("/huge", {"render": "http"}, "over the"),
+        ("/binary", {"render": "http"}, "not text in any known charset"),
+    ],
+)
+async def test_hostile_pages_fail_with_a_reason_within_their_timeout(
+    deps: Deps, site: LocalSite, path: str, options: dict[str, Any], reason: str
+) -> None:
+    t0 = time.monotonic()
+    result = await scrape(deps, site.url(path), **options)
+    assert result.outcome == "failed"
+    assert reason in (result.error or "")
+    assert time.monotonic() - t0 < options.get("timeout_s", 30) + 6
+    # The worker keeps serving at full speed afterwards.
+    after = await scrape(deps, site.url("/page/after-hostile"), render="browser")
+    assert after.outcome == "succeeded", after.error
+
+
+async def test_odd_and_legacy_charsets_are_decoded(deps: Deps, site: LocalSite) -> None:
+    odd = await scrape(deps, site.url("/odd-charset"), render="http", formats=["text"])
+    assert odd.outcome == "succeeded" and odd.title == "Größe" and "Köln" in (odd.text or "")
+    latin = await scrape(deps, site.url("/latin1"), render="http", formats=["text"])
+    assert latin.outcome == "succeeded" and latin.title == "Café" and "crème brûlée" in (latin.text or "")
+
+
+async def test_jobs_are_isolated_and_look_like_a_plain_browser(deps: Deps, site: LocalSite) -> None:
+    # /state shows what a page can see, then leaves a cookie and local storage behind. With two contexts in the pool,
+    # four jobs in a row reuse each context at least once: none may see what an earlier job left.
+    for _ in range(4):
+        result = await scrape(deps, site.url("/state"), render="browser", formats=["text"])
+        assert result.outcome == "succeeded", result.error
+        text = result.text or ""
+        assert "cookie=[] local=[]" in text, text
+        assert "webdriver=[false]" in text or "webdriver=[undefined]" in text
+        assert "platform=[Linux x86_64]" in text or "platform=[Win32]" in text or "platform=[MacIntel]" in text
+    headers = result.headers
+    assert "Headless" not in str(headers)
+
+
+async def test_a_crashed_tab_fails_its_job_and_the_pool_goes_on(settings: Settings, site: LocalSite) -> None:
+    async with BrowserPool(settings.model_copy(update={"browser_concurrency": 1})) as pool:
+        with pytest.raises(BrowserCrashed):
+            async with pool.page(PageOptions()) as page:
+                await page.goto(site.url("/page/crash"))
+                cdp = await page.context.new_cdp_session(page)
+                # Page.crash never answers: the tab is gone before it could.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(cdp.send("Page.crash"), timeout=2)
+                await page.evaluate("1 + 1")
+        async with pool.page() as page:
+            await page.goto(site.url("/page/after-crash"))
+            assert await page.title() == "Page after-crash"
+
+
+async def test_a_killed_browser_is_relaunched_and_leaves_no_process(settings: Settings, site: LocalSite) -> None:
+    async with BrowserPool(settings.model_copy(update={"browser_concurrency": 1})) as pool:
+        async with pool.page() as page:
+            await page.goto(site.url("/page/before-kill"))
+        [first] = pool.chromium_pids()
+        os.kill(first, signal.SIGKILL)
+        with pytest.raises(BrowserCrashed):
+            async with pool.page() as page:
+                await page.goto(site.url("/page/during-kill"))
+        async with pool.page() as page:
+            await page.goto(site.url("/page/after-kill"))
+            assert await page.title() == "Page after-kill"
+        [second] = pool.chromium_pids()
+        assert second != first
+        tree = [psutil.Process(second), *psutil.Process(second).children(recursive=True)]
+    _, alive = psutil.wait_procs(tree, timeout=5)
+    assert not alive, [p.cmdline() for p in alive]
+
+
+async def test_contexts_retire_and_browsers_relaunch_after_their_job_limits(
+    settings: Settings, site: LocalSite
+) -> None:
+    tuned = settings.model_copy(update={"browser_concurrency": 1, "browser_context_max_jobs": 2, "browser_max_jobs": 5})
+    async with BrowserPool(tuned) as pool:
+        pids = set()
+        for n in range(7):
+            async with pool.page() as page:
+                await page.goto(site.url(f"/page/limit-{n}"))
+            await asyncio.sleep(0.05)  # a relaunch happens between jobs
+            pids.update(pool.chromium_pids())
+        assert len(pids) >= 2
