@@ -3,6 +3,7 @@ Chromium, scraping the local test website."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator, Iterator
 
@@ -194,3 +195,39 @@ async def test_malformed_result_on_the_store_queue_fails_its_job_and_spares_the_
     assert bad["status"] == "failed" and "malformed result" in bad["error"] and "outcome" in bad["error"]
     assert (await wait_for_job(gateway, str(good.job_id)))["status"] == "succeeded"
     assert await pg.fetchval("SELECT count(*) FROM pages WHERE job_id = $1", good.job_id) == 1
+
+
+async def test_batch_is_scraped_stored_and_reported(
+    gateway: aiohttp.ClientSession, site: LocalSite, pg: asyncpg.Pool
+) -> None:
+    urls = [site.url(f"/page/batch-{n}") for n in range(40)] + [site.url("/status/404")]
+    async with gateway.post("/v1/batches", json={"urls": urls, "render": "http", "formats": ["text"]}) as resp:
+        batch = await resp.json()
+        assert resp.status == 202, batch
+    assert batch["total"] == 41
+    for _ in range(300):
+        async with gateway.get(f"/v1/batches/{batch['id']}") as resp:
+            progress = await resp.json()
+        if progress["status"] == "done":
+            break
+        await asyncio.sleep(0.1)
+    assert progress["counts"] == {"queued": 0, "running": 0, "succeeded": 40, "failed": 1}, progress
+    async with gateway.get(f"/v1/batches/{batch['id']}/jobs", params={"status": "failed"}) as resp:
+        failed = (await resp.json())["items"]
+    assert [j["url"] for j in failed] == [site.url("/status/404")] and "HTTP 404" in failed[0]["error"]
+    stored = await pg.fetchval(
+        "SELECT count(*) FROM pages p JOIN jobs j ON j.page_id = p.id WHERE j.batch_id = $1", uuid.UUID(batch["id"])
+    )
+    assert stored == 40
+
+
+async def test_screenshot_is_stored_apart_and_served(gateway: aiohttp.ClientSession, site: LocalSite) -> None:
+    job_id = await submit(gateway, url=site.url("/page/shot"), formats=["screenshot", "text"])
+    job = await wait_for_job(gateway, job_id)
+    assert job["status"] == "succeeded", job
+    async with gateway.get(f"/v1/jobs/{job_id}/result") as resp:
+        result = await resp.json()
+    assert result["render"] == "browser" and result["screenshot"] == f"/v1/pages/{result['id']}/screenshot"
+    async with gateway.get(result["screenshot"]) as resp:
+        assert resp.status == 200 and resp.content_type == "image/webp"
+        assert 0 < len(await resp.read()) <= 200 * 1024

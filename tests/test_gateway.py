@@ -157,3 +157,24 @@ async def test_stats_count_jobs_by_state_and_pages_by_domain(client: Client, pg:
     assert stats["jobs"]["succeeded"] >= 3 and stats["jobs"]["failed"] >= 1
     mine = [d for d in stats["domains"] if d["domain"] == domain]
     assert len(mine) == 1 and mine[0]["pages"] == 3
+
+
+@pytest.mark.parametrize(
+    ("body", "fields"),
+    [
+        ({}, ["urls"]),
+        ({"urls": []}, ["urls"]),
+        ({"urls": ["http://a.test/", "ftp://b.test/"]}, ["urls.1"]),
+        ({"urls": ["http://a.test/"], "render": "http", "formats": ["pdf"]}, ["formats"]),
+        ({"urls": ["http://a.test/"], "render": "http", "wait_for": "#x"}, ["wait_for"]),
+    ],
+)
+async def test_invalid_batch_is_422_naming_the_field(client: Client, body: Any, fields: list[str]) -> None:
+    resp = await client.post("/v1/batches", json=body)
+    assert resp.status == 422
+    assert [e["field"] for e in (await resp.json())["errors"]] == fields
+
+
+async def test_unknown_batch_is_404(client: Client) -> None:
+    for path in (f"/v1/batches/{uuid.uuid4()}", "/v1/batches/nope", "/v1/batches/nope/jobs"):
+        assert (await client.get(path)).status == 404
