@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 import sys
 
-from bench import storage
+from bench import scraper, storage
 
-SUITES = {"storage": storage.main}
+SUITES = {"storage": storage.main, "scraper": scraper.main}
 
 
 def run() -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -38,6 +37,29 @@ class Figure:
     design: str
     pages_per_s: float
     peak_pss: int  # bytes, every Chromium process together
+    browser_cpu_per_page: float  # CPU seconds of the driver and Chromium per measured page
+    other_cpu: float  # share of the machine's CPU that processes outside this run used while it measured
+
+
+def tree_cpu(root: psutil.Process) -> float:
+    """CPU seconds used so far by ``root`` and its descendants, including those already exited and reaped inside
+    the tree (Chromium's zygote reaps its renderers, so per-job renderers are counted after they exit)."""
+    total = 0.0
+    for proc in [root, *root.children(recursive=True)]:
+        try:
+            t = proc.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += t.user + t.system + t.children_user + t.children_system
+    return total
+
+
+def cpu_now(me: psutil.Process, driver: psutil.Process) -> tuple[float, float, float, float]:
+    """CPU seconds so far of this run's whole tree (this process, the site, the driver, Chromium), of the driver
+    and Chromium alone, and of the whole machine; and the monotonic time."""
+    t = psutil.cpu_times()
+    busy = float(t.user + t.nice + t.system + t.irq + t.softirq + t.steal)
+    return tree_cpu(me), tree_cpu(driver), busy, time.monotonic()
 
 
 def origin(url: str) -> str:
@@ -109,7 +131,8 @@ DESIGNS: dict[str, Callable[[Browser], Awaitable[Job]]] = {
 
 async def measure(base: str, measured: int = MEASURED) -> list[Figure]:
     """Every design on a browser of its own. Memory is the PSS of the Playwright driver's descendants: Chromium's
-    browser, renderer, GPU and utility processes, but not the driver (node) itself nor this Python process."""
+    browser, renderer, GPU and utility processes, but not the driver (node) itself nor this Python process.
+    The machine is shared, so each figure also says how much CPU other processes took while it was measured."""
     urls = page_urls(base, measured)
     warmup = page_urls(base, WARMUP, first=SITE_PAGES - WARMUP)
     figures: list[Figure] = []
@@ -124,19 +147,28 @@ async def measure(base: str, measured: int = MEASURED) -> list[Figure]:
                     job = await design(browser)
                     await crawl(CONCURRENCY, warmup, job)
                     memory.mark("measured")
+                    # Read before the browser closes: at exit Chromium's children are not reaped inside the tree.
+                    start = cpu_now(me, driver)
                     rate = await crawl(CONCURRENCY, urls, job)
+                    end = cpu_now(me, driver)
             finally:
                 await browser.close()
-            figures.append(Figure(name, rate, memory.peak_pss))
-            print(f"  {name}: {rate:.1f} pages/s, peak PSS {memory.peak_pss / 2**20:.0f} MB", flush=True)
+            ours, browser_cpu, busy, wall = (e - s for e, s in zip(end, start, strict=True))
+            other = max(0.0, busy - ours) / (wall * (psutil.cpu_count() or 1))
+            figures.append(Figure(name, rate, memory.peak_pss, browser_cpu / len(urls), other))
+            print(f"  {name}: {rate:.1f} pages/s, other load {other:.0%}", flush=True)
     return figures
 
 
 def table(figures: list[Figure]) -> str:
     baseline = figures[0].pages_per_s
-    rows = ["| design | pages/s | of (a) | peak PSS MB |", "| --- | ---: | ---: | ---: |"]
+    rows = [
+        "| design | pages/s | of (a) | peak PSS MB | browser CPU ms/page | other load |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
     rows += [
-        f"| {f.design} | {f.pages_per_s:.1f} | {f.pages_per_s / baseline:.0%} | {f.peak_pss / 2**20:.0f} |"
+        f"| {f.design} | {f.pages_per_s:.1f} | {f.pages_per_s / baseline:.0%} | {f.peak_pss / 2**20:.0f} "
+        f"| {f.browser_cpu_per_page * 1000:.0f} | {f.other_cpu:.0%} |"
         for f in figures
     ]
     return "\n".join(rows)
@@ -146,14 +178,17 @@ async def main(measured: int = MEASURED) -> None:
     assert 0 < measured <= SITE_PAGES - WARMUP, f"at most {SITE_PAGES - WARMUP} URLs"
     print(
         f"isolation benchmark: {measured} pages of a {SITE_PAGES}-page site, {CONCURRENCY} workers, "
-        f"media blocked through CDP, {machine()}, load average {os.getloadavg()[0]:.1f}"
+        f"media blocked through CDP, {machine()}"
     )
     start = time.monotonic()
     with site_process(SITE_PAGES) as base:
         figures = await measure(base, measured)
     print(table(figures))
-    # Other work on the machine skews the figures: the load average says whether there was any.
-    print(f"({time.monotonic() - start:.0f} s; load average over the last minute {os.getloadavg()[0]:.1f})")
+    print(
+        f"({time.monotonic() - start:.0f} s. Browser CPU: the driver and Chromium, per page. Other load: the share "
+        "of the machine's CPU used by processes outside this run while a design was measured; above a few percent "
+        "the pages/s of that design are depressed.)"
+    )
 
 
 if __name__ == "__main__":

@@ -1,10 +1,12 @@
 """The browser-context pool: Chromium processes driven by Playwright, handing out isolated pages to render jobs.
 
-Isolation design (measured in ``bench/isolation.py``; see BENCHMARKS.md): each Chromium holds a fixed set of
-contexts, each context serves one job at a time, and every job gets a fresh page whose cookies, storage and cache
-are cleared when it ends. A job never sees another job's state, and contexts are not rebuilt per job (a new context
-per job costs about half the throughput). Contexts retire after ``browser_context_max_jobs`` jobs and a Chromium is
-relaunched after ``browser_max_jobs`` jobs or above ``browser_max_rss_mb``, which keeps memory flat over long runs.
+Isolation design, measured in ``bench/isolation.py`` (BENCHMARKS.md): a fresh page per job costs a new renderer
+process, about 600 ms of CPU against 130 ms for a reused page, so pooled contexts with fresh pages ran at a quarter of
+the speed of reused pages, no faster than a new context per job. So each context keeps one page and serves one job
+at a time, and after every job its cookies, the storage of every origin the page visited, sessionStorage and
+window.name are cleared, with the HTTP cache off: the next job sees nothing of the last. A reused renderer grows
+(to 200-290 MB after 40-75 pages), so contexts retire after ``browser_context_max_jobs`` jobs, and a Chromium is
+relaunched after ``browser_max_jobs`` jobs or above ``browser_max_rss_mb``, which keeps memory flat on long runs.
 """
 
 from __future__ import annotations
@@ -163,12 +165,21 @@ class _Engine:
 
 @dataclass(eq=False)
 class _Slot:
-    """A context in an engine, serving one job at a time."""
+    """A context and its one page in an engine, serving one job at a time."""
 
     engine: _Engine
     context: BrowserContext | None = None
+    page: Page | None = None
+    cdp: CDPSession | None = None
     browser: Browser | None = None  # the browser the context belongs to, to notice a relaunch
     jobs: int = 0
+    crashed: bool = False
+    # What the last job changed on the page, so the next job only pays for what differs.
+    blocking: bool | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+    viewport: tuple[int, int] | None = None
+    default_viewport: tuple[int, int] = (1280, 800)
+    origins: set[str] = field(default_factory=set)
 
 
 @dataclass(slots=True)
@@ -326,12 +337,11 @@ class BrowserPool:
                 return slot
             slot.engine.parked.append(slot)
 
-    async def _fresh_context(self, slot: _Slot, browser: Browser) -> BrowserContext:
+    async def _fresh_context(self, slot: _Slot, browser: Browser) -> Page:
+        """A new context with a coherent fingerprint, and the one page it will reuse for its jobs."""
         if slot.context is not None:
-            reason = "relaunch" if slot.browser is not browser else "max_jobs"
-            RETIREMENTS.labels(reason).inc()
-            with contextlib.suppress(Exception):
-                await self._call(slot.context.close())
+            RETIREMENTS.labels("relaunch" if slot.browser is not browser else "max_jobs").inc()
+            await self._drop_context(slot)
         profile = random.choice(PROFILES)
         context = await self._call(
             browser.new_context(
@@ -342,59 +352,86 @@ class BrowserPool:
                 extra_http_headers={"Accept-Language": profile.accept_language},
             )
         )
+        slot.context, slot.browser, slot.jobs = context, browser, 0
         await self._call(
             context.add_init_script(
                 "Object.defineProperty(Navigator.prototype, 'platform', "
                 f"{{get: () => '{profile.navigator_platform}'}});"
             )
         )
-        slot.context, slot.browser, slot.jobs = context, browser, 0
-        return context
+        page = await self._call(context.new_page())
+        PAGES_OPEN.inc()
+        slot.page, slot.crashed, slot.default_viewport = page, False, profile.viewport
+        slot.blocking, slot.headers, slot.viewport = None, {}, None
+        page.on("crash", lambda _: setattr(slot, "crashed", True))
+        page.on("framenavigated", lambda frame: _note_origin(slot, frame.url))
+        slot.cdp = await self._call(context.new_cdp_session(page))
+        await self._call(slot.cdp.send("Network.enable"))
+        # No job reads what an earlier job left in the HTTP cache.
+        await self._call(slot.cdp.send("Network.setCacheDisabled", {"cacheDisabled": True}))
+        return page
+
+    async def _drop_context(self, slot: _Slot) -> None:
+        context, slot.context, slot.cdp = slot.context, None, None
+        if slot.page is not None:
+            PAGES_OPEN.dec()
+            slot.page = None
+        if context is not None:
+            try:
+                await self._call(context.close())
+            except (PlaywrightError, TimeoutError):
+                if slot.engine.browser is not None and slot.engine.browser.is_connected():
+                    self._background(self._recycle(slot.engine, "hung"))
+
+    async def _prepare(self, slot: _Slot, page: Page, options: PageOptions) -> None:
+        """Apply this job's options, paying only for what differs from the last job on this page."""
+        assert slot.cdp is not None
+        if slot.blocking != options.block_resources:
+            urls = BLOCKED_RESOURCES if options.block_resources else []
+            await self._call(slot.cdp.send("Network.setBlockedURLs", {"urls": urls}))
+            slot.blocking = options.block_resources
+        if slot.headers != options.extra_headers:
+            await self._call(page.set_extra_http_headers(options.extra_headers))
+            slot.headers = dict(options.extra_headers)
+        if slot.viewport != options.viewport:
+            width, height = options.viewport or slot.default_viewport
+            await self._call(page.set_viewport_size({"width": width, "height": height}))
+            slot.viewport = options.viewport
 
     @asynccontextmanager
     async def page(self, options: PageOptions | None = None) -> AsyncIterator[Page]:
-        """A fresh page in a context that no other job uses meanwhile; its state is cleared when the job ends."""
+        """A page that no other job uses meanwhile, in a context of its own; everything the job leaves behind
+        (cookies, storage, cache) is cleared when it ends, so the next job on it starts clean."""
         options = options or PageOptions()
         slot = await self._take_slot()
         engine = slot.engine
         engine.busy += 1
         engine.drained.clear()
         self._sync_gauges()
-        page: Page | None = None
-        cdp: CDPSession | None = None
         healthy = True
         try:
             browser = engine.browser if engine.browser is not None and engine.browser.is_connected() else None
             if browser is None:
                 browser = await self._launch(engine)
-            context = slot.context
-            if context is None or slot.browser is not browser or slot.jobs >= self._settings.browser_context_max_jobs:
-                context = await self._fresh_context(slot, browser)
+            page = slot.page
+            if (
+                page is None
+                or slot.browser is not browser
+                or slot.crashed
+                or slot.jobs >= self._settings.browser_context_max_jobs
+            ):
+                page = await self._fresh_context(slot, browser)
             slot.jobs += 1
             engine.jobs += 1
-            page = await self._call(context.new_page())
-            PAGES_OPEN.inc()
-            crashed: list[bool] = []
-            page.on("crash", lambda _: crashed.append(True))
-            cdp = await self._call(context.new_cdp_session(page))
-            await self._call(cdp.send("Network.enable"))
-            # Each job starts with an empty cache and leaves nothing in it for the next.
-            await self._call(cdp.send("Network.setCacheDisabled", {"cacheDisabled": True}))
-            if options.block_resources:
-                await self._call(cdp.send("Network.setBlockedURLs", {"urls": BLOCKED_RESOURCES}))
-            if options.extra_headers:
-                await self._call(page.set_extra_http_headers(options.extra_headers))
-            if options.viewport:
-                await self._call(page.set_viewport_size({"width": options.viewport[0], "height": options.viewport[1]}))
+            await self._prepare(slot, page, options)
             try:
                 yield page
             except PlaywrightError as exc:
-                if crashed or "crash" in str(exc).lower():
+                healthy = False
+                if slot.crashed or "crash" in str(exc).lower():
                     CRASHES.labels("tab").inc()
-                    healthy = False
                     raise BrowserCrashed("the tab crashed while rendering the page") from exc
                 if not browser.is_connected() or "closed" in str(exc).lower():
-                    healthy = False
                     raise BrowserCrashed(f"the browser went away while rendering the page: {exc}") from exc
                 raise
             except BaseException:
@@ -402,41 +439,35 @@ class BrowserPool:
                 healthy = False
                 raise
         except (PlaywrightError, TimeoutError) as exc:
+            healthy = False
             if engine.browser is None or not engine.browser.is_connected():
                 raise BrowserCrashed(f"the browser went away: {exc}") from exc
-            healthy = False
             raise
         finally:
-            await self._release(slot, page, cdp, healthy)
+            await self._release(slot, healthy)
 
-    async def _release(self, slot: _Slot, page: Page | None, cdp: CDPSession | None, healthy: bool) -> None:
+    async def _clear(self, slot: _Slot) -> None:
+        """Forget everything the last job left: cookies, storage of every origin it visited, sessionStorage and
+        window.name (which outlive navigations in a tab)."""
+        assert slot.page is not None and slot.context is not None and slot.cdp is not None
+        await self._call(slot.page.evaluate("try { sessionStorage.clear(); } catch (e) {} window.name = '';"))
+        for origin in slot.origins:
+            await self._call(slot.cdp.send("Storage.clearDataForOrigin", {"origin": origin, "storageTypes": "all"}))
+        slot.origins.clear()
+        await self._call(slot.context.clear_cookies())
+
+    async def _release(self, slot: _Slot, healthy: bool) -> None:
         engine = slot.engine
         try:
-            if page is not None:
-                PAGES_OPEN.dec()
-                if healthy and cdp is not None:
-                    try:
-                        origin = _origin(page.url)
-                        if origin:
-                            await self._call(
-                                cdp.send("Storage.clearDataForOrigin", {"origin": origin, "storageTypes": "all"})
-                            )
-                        await self._call(slot.context.clear_cookies())  # type: ignore[union-attr]
-                    except (PlaywrightError, TimeoutError):
-                        healthy = False
+            if healthy and slot.page is not None:
                 try:
-                    await self._call(page.close())
+                    await self._clear(slot)
                 except (PlaywrightError, TimeoutError):
                     healthy = False
             if not healthy and slot.context is not None:
-                # A context that may hold another job's state, or a hung tab, is not handed out again.
+                # A context that may hold a job's state, or a hung tab, is not handed out again.
                 RETIREMENTS.labels("unhealthy").inc()
-                context, slot.context = slot.context, None
-                try:
-                    await self._call(context.close())
-                except (PlaywrightError, TimeoutError):
-                    if engine.browser is not None and engine.browser.is_connected():
-                        self._background(self._recycle(engine, "hung"))
+                await self._drop_context(slot)
         finally:
             engine.busy -= 1
             if engine.busy == 0:
@@ -456,8 +487,7 @@ class BrowserPool:
         return [e.pid for e in self._engines if e.pid is not None]
 
 
-def _origin(url: str) -> str | None:
-    if not url.startswith(("http://", "https://")):
-        return None
-    scheme, _, rest = url.partition("://")
-    return f"{scheme}://{rest.split('/', 1)[0]}"
+def _note_origin(slot: _Slot, url: str) -> None:
+    if url.startswith(("http://", "https://")):
+        scheme, _, rest = url.partition("://")
+        slot.origins.add(f"{scheme}://{rest.split('/', 1)[0]}")

@@ -7,8 +7,10 @@ import hashlib
 
 import brotli
 
-# Quality 5 compresses HTML to about a fifth at a small fraction of the CPU that quality 11 costs.
-_QUALITY = 5
+# Quality 1: measured on the benchmark site's pages (36 KB), it costs 0.13 ms a page against 0.66 ms at quality 5,
+# for bodies 11% larger (29.5% of the original against 26.6%). Compression runs once per page in the scraper, on the
+# hot path, so the cheaper setting wins.
+_QUALITY = 1
 
 
 def compress(data: bytes) -> bytes:

@@ -28,24 +28,38 @@ def _meta(tree: LexborHTMLParser, selector: str) -> str | None:
     return value.strip() if value else None
 
 
-def extract(html: str, base_url: str) -> Extracted:
+def extract(html: str, base_url: str, *, text: bool = True, links: bool = True, metadata: bool = True) -> Extracted:
+    """Read a page; only the parts asked for are computed (links cost a URL join each, on the hot path)."""
     tree = LexborHTMLParser(html)
     title_node = tree.css_first("title")
     title = title_node.text(strip=True) if title_node is not None else None
+    found = Extracted(title=title, text="", links=[], metadata={"title": title})
+    if links:
+        found.links = _links(tree, base_url)
+    if metadata:
+        found.metadata = _metadata(tree, title)
+    if text:
+        found.text = _text(tree)
+    return found
 
+
+def _links(tree: LexborHTMLParser, base_url: str) -> list[str]:
     base_node = tree.css_first("base[href]")
     base = urljoin(base_url, base_node.attributes.get("href") or "") if base_node is not None else base_url
-    links: dict[str, None] = {}
+    found: dict[str, None] = {}
     for a in tree.css("a[href]"):
         href = (a.attributes.get("href") or "").strip()
         if not href or href.startswith(("javascript:", "mailto:", "tel:", "data:", "#")):
             continue
         absolute = urldefrag(urljoin(base, href)).url
         if absolute.startswith(("http://", "https://")):
-            links[absolute] = None
+            found[absolute] = None
+    return list(found)
 
+
+def _metadata(tree: LexborHTMLParser, title: str | None) -> dict[str, Any]:
     html_node = tree.css_first("html")
-    metadata: dict[str, Any] = {
+    return {
         "title": title,
         "description": _meta(tree, 'meta[name="description"]'),
         "canonical": _meta(tree, 'link[rel="canonical"]'),
@@ -57,13 +71,14 @@ def extract(html: str, base_url: str) -> Extracted:
         },
     }
 
+
+def _text(tree: LexborHTMLParser) -> str:
     body = tree.body
-    text = ""
-    if body is not None:
-        for node in body.css(_NOISE):
-            node.decompose()
-        text = body.text(separator="\n", strip=True)
-    return Extracted(title=title, text=text, links=list(links), metadata=metadata)
+    if body is None:
+        return ""
+    for node in body.css(_NOISE):
+        node.decompose()
+    return body.text(separator="\n", strip=True)
 
 
 def to_markdown(html: str) -> str:

@@ -123,6 +123,25 @@ class DomainGate:
         self._release = redis.register_script(_RELEASE_LUA)
         # Releases still running after their caller was cancelled again; kept so they are not garbage-collected.
         self._releasing: set[asyncio.Task[None]] = set()
+        # In-process waiting line per domain: a process never has more tasks asking Redis for a domain's slot than
+        # the domain allows, so hundreds of queued pages wait here for free instead of polling Redis.
+        self._local: dict[tuple[str, int], tuple[asyncio.Semaphore, int]] = {}
+
+    @asynccontextmanager
+    async def _local_turn(self, domain: str, limit: int) -> AsyncIterator[None]:
+        # Keyed by the limit too: a caller with a larger per-call limit must not queue behind a smaller one.
+        key = (domain, limit)
+        sem, users = self._local.get(key) or (asyncio.Semaphore(limit), 0)
+        self._local[key] = (sem, users + 1)
+        try:
+            async with sem:
+                yield
+        finally:
+            sem, users = self._local[key]
+            if users == 1:
+                del self._local[key]
+            else:
+                self._local[key] = (sem, users - 1)
 
     @asynccontextmanager
     async def slot(
@@ -138,6 +157,11 @@ class DomainGate:
         delay_s = self.min_delay_s if min_delay_s is None else min_delay_s
         _check_limits(limit, delay_s)
         domain = domain.lower()
+        async with self._local_turn(domain, limit), self._redis_slot(domain, limit, delay_s):
+            yield
+
+    @asynccontextmanager
+    async def _redis_slot(self, domain: str, limit: int, delay_s: float) -> AsyncIterator[None]:
         slots_key = SLOTS_PREFIX + domain
         keys = [slots_key, NEXT_PREFIX + domain]
         token = os.urandom(12).hex()

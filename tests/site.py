@@ -109,9 +109,10 @@ def build_app(hits: Counter[str]) -> web.Application:
         return await html(
             "<html><title>state</title><body><pre id=seen></pre><script>"
             "document.getElementById('seen').textContent = 'cookie=[' + document.cookie + '] local=[' +"
-            " (localStorage.getItem('k') || '') + '] webdriver=[' + navigator.webdriver + '] platform=[' +"
-            " navigator.platform + ']';"
+            " (localStorage.getItem('k') || '') + '] session=[' + (sessionStorage.getItem('k') || '') + '] name=[' +"
+            " window.name + '] webdriver=[' + navigator.webdriver + '] platform=[' + navigator.platform + ']';"
             "document.cookie = 'k=left-behind; path=/'; localStorage.setItem('k', 'left-behind');"
+            "sessionStorage.setItem('k', 'left-behind'); window.name = 'left-behind';"
             "</script></body></html>"
         )
 

