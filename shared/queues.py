@@ -22,7 +22,7 @@ from typing import Any, Literal
 
 import orjson
 from arq.connections import ArqRedis, RedisSettings, create_pool
-from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from shared.settings import Settings
 
@@ -183,6 +183,11 @@ class StoreBatch(BaseModel):
     result fails alone."""
 
     results: list[dict[str, Any]] = Field(min_length=1)
+
+
+def describe(exc: ValidationError) -> str:
+    """A validation failure as one line naming each field, for a job's recorded error."""
+    return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'payload'}: {e['msg']}" for e in exc.errors())
 
 
 def dumps(obj: Any) -> bytes:

@@ -42,6 +42,7 @@ from shared.queues import (
     ScrapeBatch,
     ScrapeRequest,
     ScrapeResult,
+    describe,
     enqueue_store,
 )
 from shared.settings import Settings
@@ -123,9 +124,7 @@ WHERE j.status IN ('queued', 'running')
 async def _reject(deps: Deps, payload: Any, exc: ValidationError) -> None:
     """An invalid request from an outside producer: record why in the ledger if it names a job id."""
     REJECTED.inc()
-    reason = "invalid scrape request: " + "; ".join(
-        f"{'.'.join(map(str, e['loc'])) or 'payload'}: {e['msg']}" for e in exc.errors()
-    )
+    reason = "invalid scrape request: " + describe(exc)
     job_id = payload.get("id") if isinstance(payload, dict) else None
     try:
         parsed_id = uuid.UUID(str(job_id))

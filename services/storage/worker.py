@@ -18,7 +18,7 @@ from services.storage.batcher import BatchWriter
 from shared.db import create_db_pool
 from shared.observability import pg_check
 from shared.pages import PageStore, Rejection, rejection
-from shared.queues import STORE_QUEUE, STORE_RESULTS, ScrapeResult, StoreBatch
+from shared.queues import STORE_QUEUE, STORE_RESULTS, ScrapeResult, StoreBatch, describe
 from shared.settings import Settings
 from shared.workers import build_worker, close_stack, open_ops_server
 
@@ -46,9 +46,7 @@ async def startup(ctx: dict[str, Any]) -> None:
 def _malformed(item: Any, exc: ValidationError) -> Rejection | None:
     """A result that failed validation: what to record on its job, if it names one."""
     MALFORMED.inc()
-    reason = "malformed result: " + "; ".join(
-        f"{'.'.join(map(str, e['loc'])) or 'result'}: {e['msg']}" for e in exc.errors()
-    )
+    reason = "malformed result: " + describe(exc)
     try:
         job_id = uuid.UUID(str(item.get("job_id")))
     except (AttributeError, ValueError):
