@@ -15,7 +15,7 @@ import pytest
 from shared.codecs import decompress
 from shared.queues import ScrapeRequest, create_queue_pool, enqueue_scrape
 from shared.settings import Settings
-from tests.cluster import cluster_env, start_trawl_up, stop_trawl_up, submit, wait_for_job, wait_until_up
+from tests.cluster import TRAWL, cluster_env, start_trawl_up, stop_trawl_up, submit, wait_for_job, wait_until_up
 from tests.conftest import free_port
 from tests.results import make_result
 from tests.site import LocalSite
@@ -231,3 +231,16 @@ async def test_screenshot_is_stored_apart_and_served(gateway: aiohttp.ClientSess
     async with gateway.get(result["screenshot"]) as resp:
         assert resp.status == 200 and resp.content_type == "image/webp"
         assert 0 < len(await resp.read()) <= 200 * 1024
+
+
+@pytest.mark.parametrize("count", [1, 3])
+async def test_trawl_submit_waits_and_summarises(cluster: Settings, site: LocalSite, count: int) -> None:
+    urls = [site.url(f"/page/cli-{count}-{n}") for n in range(count)]
+    proc = await asyncio.create_subprocess_exec(
+        TRAWL, "submit", *urls, "--render", "http", "--wait", "--timeout", "60",
+        "--gateway", f"http://127.0.0.1:{cluster.gateway_port}",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(proc.communicate(), timeout=90)
+    assert proc.returncode == 0, (out, err)
+    assert f"{count} succeeded, 0 failed, 0 unfinished" in out.decode()
