@@ -126,6 +126,13 @@ def _chromium_pids() -> set[int]:
     return pids
 
 
+def _parent(pid: int) -> int | None:
+    try:
+        return int(psutil.Process(pid).ppid())
+    except psutil.Error:
+        return None
+
+
 def _kill_tree(pid: int) -> None:
     with contextlib.suppress(psutil.Error):
         root = psutil.Process(pid)
@@ -261,7 +268,7 @@ class BrowserPool:
                 raise BrowserUnavailable(f"Chromium failed to launch ({self._executable}): {exc}") from exc
             new = _chromium_pids() - before
             # The browser process is the new Chromium whose parent is not itself a new Chromium.
-            roots = [p for p in new if psutil.Process(p).ppid() not in new] if new else []
+            roots = [p for p in new if _parent(p) not in new]
             engine.browser, engine.pid, engine.jobs = browser, (roots[0] if roots else None), 0
             self._chrome_major = browser.version.split(".")[0]
             browser.on("disconnected", lambda _: self._disconnected(engine, browser))

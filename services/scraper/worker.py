@@ -314,12 +314,16 @@ async def _scrape(ctx: dict[str, Any], payloads: Sequence[Any]) -> str:
         await sender.add(await scrape_one(deps, request))
 
     try:
-        await asyncio.gather(*(one(r) for r in requests if r.id in runnable))
+        # A TaskGroup, so that if handing results over fails, the other pages of the job stop too.
+        async with asyncio.TaskGroup() as pages:
+            for request in requests:
+                if request.id in runnable:
+                    pages.create_task(one(request))
         await sender.flush()
-    except RedisError as exc:
+    except* RedisError as group:
         # Pages were fetched but storage never heard of them: run the job again rather than lose them.
-        log.warning("job %s: store queue unavailable (%s), retrying", ctx["job_id"], exc)
-        raise Retry(defer=min(30, 2 ** ctx["job_try"])) from exc
+        log.warning("job %s: store queue unavailable (%s), retrying", ctx["job_id"], group.exceptions[0])
+        raise Retry(defer=min(30, 2 ** ctx["job_try"])) from group
     skipped = len(requests) - len(runnable)
     return f"{len(runnable)} scraped" + (f", {skipped} already finished" if skipped else "")
 
