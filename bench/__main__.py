@@ -1,13 +1,13 @@
-"""``python -m bench [storage ...]``: run the benchmarks and print their figures."""
+"""``python -m bench [storage|scraper|isolation ...]``: run the benchmarks (all by default) and print their figures."""
 
 from __future__ import annotations
 
 import asyncio
 import sys
 
-from bench import scraper, storage
+from bench import isolation, scraper, storage
 
-SUITES = {"storage": storage.main, "scraper": scraper.main}
+SUITES = {"storage": storage.main, "scraper": scraper.main, "isolation": isolation.main}
 
 
 def run() -> None:
