@@ -206,3 +206,37 @@ async def test_contexts_retire_and_browsers_relaunch_after_their_job_limits(
             await asyncio.sleep(0.05)  # a relaunch happens between jobs
             pids.update(pool.chromium_pids())
         assert len(pids) >= 2
+
+
+async def test_an_idle_browser_is_closed_and_comes_back_on_demand(settings: Settings, site: LocalSite) -> None:
+    async with BrowserPool(settings.model_copy(update={"browser_concurrency": 1, "browser_idle_s": 1})) as pool:
+        async with pool.page() as page:
+            await page.goto(site.url("/page/idle-1"))
+        [first] = pool.chromium_pids()
+        chromium = psutil.Process(first)
+        for _ in range(50):
+            if not pool.chromium_pids():
+                break
+            await asyncio.sleep(0.1)
+        assert pool.chromium_pids() == []
+        gone, _ = psutil.wait_procs([chromium], timeout=15)
+        assert gone
+        async with pool.page() as page:
+            await page.goto(site.url("/page/idle-2"))
+            assert await page.title() == "Page idle-2"
+
+
+async def test_a_browser_over_its_memory_limit_is_relaunched(settings: Settings, site: LocalSite) -> None:
+    # Any real Chromium is over 128 MB; the pool checks every 50 jobs.
+    tuned = settings.model_copy(update={"browser_concurrency": 1, "browser_max_rss_mb": 128})
+    async with BrowserPool(tuned) as pool:
+        pids = set()
+        for n in range(52):
+            async with pool.page() as page:
+                await page.goto(site.url(f"/page/rss-{n}"))
+            pids.update(pool.chromium_pids())
+        await asyncio.sleep(0.5)
+        async with pool.page() as page:
+            await page.goto(site.url("/page/rss-after"))
+        pids.update(pool.chromium_pids())
+        assert len(pids) == 2
