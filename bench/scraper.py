@@ -25,10 +25,7 @@ from bench.baselines import bare_aiohttp, bare_playwright
 from bench.common import backends, machine
 from bench.memory import TreeSampler
 from bench.site import page_urls, site_process
-from services.scraper.worker import Deps, scrape_one
-from shared.browser import BrowserPool
-from shared.db import create_db_pool
-from shared.politeness import DomainGate, RobotsRules
+from services.scraper.worker import Deps, open_deps, scrape_one
 from shared.queues import ScrapeRequest, create_queue_pool
 from shared.settings import Settings
 
@@ -47,22 +44,9 @@ def _free_port() -> int:
 @contextlib.asynccontextmanager
 async def scraper_deps(settings: Settings) -> AsyncIterator[Deps]:
     async with AsyncExitStack() as stack:
-        pg = await stack.enter_async_context(create_db_pool(settings, "bench-scraper"))
         queue = await create_queue_pool(settings)
         stack.push_async_callback(queue.aclose)
-        http = await stack.enter_async_context(
-            aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=settings.http_max_connections),
-                headers={"User-Agent": settings.user_agent},
-            )
-        )
-        browser = await stack.enter_async_context(BrowserPool(settings))
-        yield Deps(
-            settings=settings, pg=pg, queue=queue, http=http,
-            http_slots=asyncio.Semaphore(settings.http_concurrency), browser=browser,
-            gate=DomainGate(queue, max_per_domain=settings.domain_concurrency),
-            robots=RobotsRules(queue, http, settings.user_agent),
-        )  # fmt: skip
+        yield await open_deps(stack, settings, queue, "bench-scraper")
 
 
 async def scraper_alone(deps: Deps, urls: list[str], render: str, concurrency: int) -> float:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import logging
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -120,6 +121,43 @@ def domain_of(url: str) -> str:
     return host.partition(":")[0].lower()
 
 
+async def fail_jobs(db: asyncpg.Pool | asyncpg.Connection, rejected: Sequence[Rejection]) -> None:
+    """End these jobs ``failed`` with their reasons (unless the ledger has already closed them); jobs the ledger
+    has never seen are created, so an outside producer's bad payload still leaves a trace."""
+    await db.execute(
+        _FAIL_JOBS,
+        [r.job_id for r in rejected],
+        [r.url for r in rejected],
+        [r.render for r in rejected],
+        [r.formats for r in rejected],
+        [r.reason for r in rejected],
+    )
+
+
+def rejection_from_payload(payload: Any, id_key: str, reason: str, default_render: str) -> Rejection | None:
+    """What to record for a queue payload that failed validation, or None when it names no job to record it on."""
+    if not isinstance(payload, dict):
+        return None
+    try:
+        job_id = uuid.UUID(str(payload.get(id_key)))
+    except ValueError:
+        return None
+    given = payload.get("render")
+    render = given if isinstance(given, str) and given in ("http", "browser", "auto") else default_render
+    return Rejection(job_id, str(payload.get("url") or "")[:2048], render, "", reason)
+
+
+async def jobs_by_state(db: asyncpg.Pool | asyncpg.Connection) -> dict[str, int]:
+    """Jobs in the ledger by state, in one pass over ``jobs_status_idx``."""
+    row = await db.fetchrow(
+        "SELECT count(*) FILTER (WHERE status = 'queued') AS queued,"
+        " count(*) FILTER (WHERE status = 'running') AS running,"
+        " count(*) FILTER (WHERE status = 'succeeded') AS succeeded,"
+        " count(*) FILTER (WHERE status = 'failed') AS failed FROM jobs"
+    )
+    return dict(row)
+
+
 def rejection(result: ScrapeResult, reason: str) -> Rejection:
     return Rejection(result.job_id, result.url, result.render.value, ",".join(f.value for f in result.formats), reason)
 
@@ -194,7 +232,7 @@ class PageStore:
                     except ROW_ERRORS as exc:
                         outcome.rejected.append(rejection(result, f"refused by the database: {exc}"))
             if outcome.rejected:
-                await self.fail_jobs(outcome.rejected, conn)
+                await fail_jobs(conn, outcome.rejected)
         rejected = {r.job_id for r in outcome.rejected}
         outcome.replays += sum(1 for r in batch if r.job_id not in outcome.closed and r.job_id not in rejected)
         return outcome
@@ -277,17 +315,6 @@ class PageStore:
             outcome.stored_urls.extend(r.url for r in to_store)
         outcome.closed |= closed
 
-    async def fail_jobs(self, rejected: Sequence[Rejection], conn: asyncpg.Connection | None = None) -> None:
-        """End these jobs ``failed`` with their reasons (unless the ledger has already closed them)."""
-        await (conn or self.pool).execute(
-            _FAIL_JOBS,
-            [r.job_id for r in rejected],
-            [r.url for r in rejected],
-            [r.render for r in rejected],
-            [r.formats for r in rejected],
-            [r.reason for r in rejected],
-        )
-
     # -- reads -------------------------------------------------------------------------------------------------
 
     async def latest(self, url: str) -> dict[str, Any] | None:
@@ -340,19 +367,14 @@ class PageStore:
         return items, next_cursor
 
     async def stats(self, top_domains: int = 100) -> dict[str, Any]:
-        jobs = await self.pool.fetchrow(
-            "SELECT count(*) FILTER (WHERE status = 'queued') AS queued,"
-            " count(*) FILTER (WHERE status = 'running') AS running,"
-            " count(*) FILTER (WHERE status = 'succeeded') AS succeeded,"
-            " count(*) FILTER (WHERE status = 'failed') AS failed FROM jobs"
-        )
+        jobs = await jobs_by_state(self.pool)
         domains = await self.pool.fetch(
             "SELECT domain, count(*) AS pages, max(fetched_at) AS last_fetched_at FROM pages"
             " GROUP BY domain ORDER BY count(*) DESC, domain LIMIT $1",
             top_domains,
         )
         return {
-            "jobs": dict(jobs),
+            "jobs": jobs,
             "domains": [
                 {"domain": d["domain"], "pages": d["pages"], "last_fetched_at": d["last_fetched_at"].isoformat()}
                 for d in domains

@@ -178,3 +178,11 @@ async def test_invalid_batch_is_422_naming_the_field(client: Client, body: Any, 
 async def test_unknown_batch_is_404(client: Client) -> None:
     for path in (f"/v1/batches/{uuid.uuid4()}", "/v1/batches/nope", "/v1/batches/nope/jobs"):
         assert (await client.get(path)).status == 404
+
+
+@pytest.mark.parametrize("page_id", ["-1", "x", "99999999999999999999999", "123456789"])
+async def test_unknown_page_is_404(client: Client, page_id: str) -> None:
+    for path in (f"/v1/pages/{page_id}", f"/v1/pages/{page_id}/screenshot"):
+        resp = await client.get(path)
+        assert resp.status == 404, path
+        assert resp.content_type == "application/problem+json"

@@ -14,16 +14,13 @@ from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from typing import Any
 
-import aiohttp
 import psutil
 import pytest
 from PIL import Image
 
-from services.scraper.worker import Deps, scrape_one
+from services.scraper.worker import Deps, open_deps, scrape_one
 from shared.browser import BrowserPool, PageOptions
-from shared.db import create_db_pool
 from shared.errors import BrowserCrashed
-from shared.politeness import DomainGate, RobotsRules
 from shared.queues import ScrapeRequest, ScrapeResult, create_queue_pool
 from shared.settings import Settings
 from tests.site import LocalSite
@@ -31,23 +28,13 @@ from tests.site import LocalSite
 
 @pytest.fixture(scope="module")
 async def deps(settings: Settings) -> AsyncIterator[Deps]:
-    tuned = settings.model_copy(update={"browser_concurrency": 2, "browser_call_timeout_s": 5})
+    tuned = settings.model_copy(
+        update={"browser_concurrency": 2, "browser_call_timeout_s": 5, "domain_concurrency": 8, "http_concurrency": 8}
+    )
     async with AsyncExitStack() as stack:
-        pg = await stack.enter_async_context(create_db_pool(tuned, "scraper-tests"))
         queue = await create_queue_pool(tuned)
         stack.push_async_callback(queue.aclose)
-        http = await stack.enter_async_context(aiohttp.ClientSession(headers={"User-Agent": tuned.user_agent}))
-        browser = await stack.enter_async_context(BrowserPool(tuned))
-        yield Deps(
-            settings=tuned,
-            pg=pg,
-            queue=queue,
-            http=http,
-            http_slots=asyncio.Semaphore(8),
-            browser=browser,
-            gate=DomainGate(queue, max_per_domain=8),
-            robots=RobotsRules(queue, http, tuned.user_agent),
-        )
+        yield await open_deps(stack, tuned, queue, "scraper-tests")
 
 
 async def scrape(deps: Deps, url: str, **options: Any) -> ScrapeResult:

@@ -12,7 +12,7 @@ from redis.exceptions import RedisError
 
 from services.gateway.jobs import read_json_object
 from services.gateway.problems import invalid, problem
-from services.gateway.state import QUEUE, json_response
+from services.gateway.state import QUEUE, json_response, path_uuid
 from shared.backends import PG
 from shared.queues import ScrapeOptions, ScrapeRequest, enqueue_scrape_batch
 
@@ -78,15 +78,8 @@ async def submit_batch(request: web.Request) -> web.Response:
     )
 
 
-def _batch_id(request: web.Request) -> uuid.UUID | None:
-    try:
-        return uuid.UUID(request.match_info["id"])
-    except ValueError:
-        return None
-
-
 async def get_batch(request: web.Request) -> web.Response:
-    batch_id = _batch_id(request)
+    batch_id = path_uuid(request)
     pg = request.app[PG]
     batch = batch_id and await pg.fetchrow("SELECT total, created_at FROM batches WHERE id = $1", batch_id)
     if not batch:
@@ -108,7 +101,7 @@ async def get_batch(request: web.Request) -> web.Response:
 
 
 async def list_batch_jobs(request: web.Request) -> web.Response:
-    batch_id = _batch_id(request)
+    batch_id = path_uuid(request)
     if batch_id is None:
         return problem(404, "No such batch", f"no batch with id {request.match_info['id']}")
     try:

@@ -14,7 +14,7 @@ from redis.exceptions import RedisError
 from selectolax.lexbor import LexborHTMLParser
 
 from services.gateway.problems import invalid, problem
-from services.gateway.state import CACHE, QUEUE, STORE, json_response
+from services.gateway.state import CACHE, QUEUE, STORE, json_response, path_uuid
 from shared.backends import PG
 from shared.codecs import decompress
 from shared.queues import Format, ScrapeRequest, enqueue_scrape
@@ -103,13 +103,6 @@ async def submit_job(request: web.Request) -> web.Response:
     )  # fmt: skip
 
 
-def _job_id(request: web.Request) -> uuid.UUID | None:
-    try:
-        return uuid.UUID(request.match_info["id"])
-    except ValueError:
-        return None
-
-
 def _no_job(request: web.Request) -> web.Response:
     return problem(404, "No such job", f"no job with id {request.match_info['id']}")
 
@@ -119,7 +112,7 @@ def _ms(a: Any, b: Any) -> int | None:
 
 
 async def get_job(request: web.Request) -> web.Response:
-    job_id = _job_id(request)
+    job_id = path_uuid(request)
     row = job_id and await request.app[PG].fetchrow("SELECT * FROM jobs WHERE id = $1", job_id)
     if not row:
         return _no_job(request)
@@ -179,7 +172,7 @@ async def page_in_formats(request: web.Request, page: dict[str, Any], formats: s
 
 
 async def get_result(request: web.Request) -> web.Response:
-    job_id = _job_id(request)
+    job_id = path_uuid(request)
     job = job_id and await request.app[PG].fetchrow(
         "SELECT status, error, formats, page_id, page_fetched_at FROM jobs WHERE id = $1", job_id
     )

@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from services.gateway.jobs import page_in_formats
 from services.gateway.problems import invalid, problem
-from services.gateway.state import CACHE, STORE, json_response
+from services.gateway.state import CACHE, STORE, json_response, path_int
 from shared.pages import decode_cursor
 from shared.queues import Format
 
@@ -59,11 +59,8 @@ async def list_pages(request: web.Request) -> web.Response:
 
 
 async def get_page(request: web.Request) -> web.Response:
-    try:
-        page_id = int(request.match_info["id"])
-    except ValueError:
-        page_id = -1
-    page = await request.app[STORE].get(page_id) if page_id >= 0 else None
+    page_id = path_int(request)
+    page = await request.app[STORE].get(page_id) if page_id is not None else None
     if page is None:
         return problem(404, "No such page", f"no page with id {request.match_info['id']}")
     formats = set(request.query["formats"].split(",")) if "formats" in request.query else ALL_FORMATS - {"html"}
@@ -73,11 +70,8 @@ async def get_page(request: web.Request) -> web.Response:
 async def get_capture(request: web.Request) -> web.Response:
     """A page's screenshot or PDF, as the bytes themselves."""
     kind = request.match_info["kind"]
-    try:
-        page_id = int(request.match_info["id"])
-    except ValueError:
-        page_id = -1
-    found = await request.app[STORE].capture(page_id, kind) if page_id >= 0 else None
+    page_id = path_int(request)
+    found = await request.app[STORE].capture(page_id, kind) if page_id is not None else None
     if found is None:
         return problem(404, f"No {kind}", f"page {request.match_info['id']} has no {kind}")
     content_type, data = found

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -34,6 +35,23 @@ async def store_ctx(app: web.Application) -> AsyncIterator[None]:
     app[STORE] = PageStore(app[PG], settings.max_stored_body_bytes)
     app[CACHE] = PageCache(app[QUEUE], app[STORE], settings.cache_ttl_s)
     yield
+
+
+def path_uuid(request: web.Request) -> uuid.UUID | None:
+    """The ``{id}`` of the path as a UUID, or None when it is not one (the caller answers 404)."""
+    try:
+        return uuid.UUID(request.match_info["id"])
+    except ValueError:
+        return None
+
+
+def path_int(request: web.Request) -> int | None:
+    """The ``{id}`` of the path as a page id (a non-negative bigint), or None when it cannot be one."""
+    value = request.match_info["id"]
+    if not (value.isascii() and value.isdigit()):
+        return None
+    number = int(value)
+    return number if number < 2**63 else None
 
 
 def json_response(data: Any, status: int = 200) -> web.Response:

@@ -7,14 +7,13 @@ from prometheus_client import Gauge
 
 from shared.backends import PG, REDIS, SETTINGS, backend_checks, pg_ctx, redis_ctx
 from shared.observability import add_ops_routes
+from shared.pages import jobs_by_state
 from shared.queues import ALL_QUEUES
 from shared.settings import Settings
 
 QUEUE_DEPTH = Gauge("trawl_queue_depth", "Jobs waiting in each queue (queued and deferred)", ["queue"])
 JOBS = Gauge("trawl_jobs", "Jobs in the ledger by state", ["state"])
 PAGES = Gauge("trawl_pages_stored", "Pages in the page store")
-
-_STATES = ("queued", "running", "succeeded", "failed")
 
 
 def create_app(settings: Settings) -> web.Application:
@@ -29,16 +28,9 @@ def create_app(settings: Settings) -> web.Application:
             depths = await pipe.execute()
         for queue, depth in zip(ALL_QUEUES, depths, strict=True):
             QUEUE_DEPTH.labels(queue).set(depth)
-        row = await app[PG].fetchrow(
-            "SELECT count(*) FILTER (WHERE status = 'queued') AS queued,"
-            " count(*) FILTER (WHERE status = 'running') AS running,"
-            " count(*) FILTER (WHERE status = 'succeeded') AS succeeded,"
-            " count(*) FILTER (WHERE status = 'failed') AS failed,"
-            " (SELECT count(*) FROM pages) AS pages FROM jobs"
-        )
-        for state in _STATES:
-            JOBS.labels(state).set(row[state])
-        PAGES.set(row["pages"])
+        for state, count in (await jobs_by_state(app[PG])).items():
+            JOBS.labels(state).set(count)
+        PAGES.set(await app[PG].fetchval("SELECT count(*) FROM pages"))
 
     add_ops_routes(
         app,

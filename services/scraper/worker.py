@@ -8,7 +8,6 @@ import base64
 import logging
 import random
 import time
-import uuid
 from collections.abc import Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
@@ -32,6 +31,7 @@ from shared.db import create_db_pool
 from shared.errors import RobotsDisallowed, ScrapeError
 from shared.extract import Extracted, extract, to_markdown
 from shared.observability import pg_check
+from shared.pages import CONNECTION_ERRORS, fail_jobs, rejection_from_payload
 from shared.politeness import DomainGate, RobotsRules
 from shared.queues import (
     SCRAPE_PAGE,
@@ -77,10 +77,12 @@ class Deps:
     robots: RobotsRules
 
 
-async def startup(ctx: dict[str, Any]) -> None:
-    settings: Settings = ctx["settings"]
-    stack = ctx["stack"] = AsyncExitStack()
-    pg = await stack.enter_async_context(create_db_pool(settings, "scraper"))
+async def open_deps(
+    stack: AsyncExitStack, settings: Settings, queue: ArqRedis, application_name: str = "scraper"
+) -> Deps:
+    """Everything a scraper needs, opened on ``stack`` (closed with it, in reverse). The worker, the tests and the
+    benchmark all build it here, so they scrape with the same wiring."""
+    pg = await stack.enter_async_context(create_db_pool(settings, application_name))
     http = await stack.enter_async_context(
         aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=settings.http_max_connections, ttl_dns_cache=300),
@@ -88,9 +90,7 @@ async def startup(ctx: dict[str, Any]) -> None:
         )
     )
     browser = await stack.enter_async_context(BrowserPool(settings))
-    queue: ArqRedis = ctx["redis"]
-    await open_ops_server(stack, ctx, "scraper", settings.scraper_port, {"postgres": pg_check(pg)})
-    ctx["deps"] = Deps(
+    return Deps(
         settings=settings,
         pg=pg,
         queue=queue,
@@ -100,6 +100,14 @@ async def startup(ctx: dict[str, Any]) -> None:
         gate=DomainGate(queue, max_per_domain=settings.domain_concurrency, min_delay_s=settings.domain_delay_s),
         robots=RobotsRules(queue, http, settings.user_agent, ttl_s=settings.robots_ttl_s),
     )
+
+
+async def startup(ctx: dict[str, Any]) -> None:
+    settings: Settings = ctx["settings"]
+    stack = ctx["stack"] = AsyncExitStack()
+    deps = await open_deps(stack, settings, ctx["redis"])
+    await open_ops_server(stack, ctx, "scraper", settings.scraper_port, {"postgres": pg_check(deps.pg)})
+    ctx["deps"] = deps
 
 
 # Upserted, so that jobs an outside producer put straight on the queue get a ledger row too; the WHERE clause
@@ -113,27 +121,17 @@ WHERE j.status IN ('queued', 'running')
 RETURNING j.id
 """
 
-_MARK_INVALID = """
-INSERT INTO jobs AS j (id, url, render, formats, status, error, finished_at)
-VALUES ($1, $2, 'auto', '{}', 'failed', $3, now())
-ON CONFLICT (id) DO UPDATE SET status = 'failed', error = $3, finished_at = now()
-WHERE j.status IN ('queued', 'running')
-"""
-
 
 async def _reject(deps: Deps, payload: Any, exc: ValidationError) -> None:
     """An invalid request from an outside producer: record why in the ledger if it names a job id."""
     REJECTED.inc()
     reason = "invalid scrape request: " + describe(exc)
-    job_id = payload.get("id") if isinstance(payload, dict) else None
-    try:
-        parsed_id = uuid.UUID(str(job_id))
-    except ValueError:
+    found = rejection_from_payload(payload, "id", reason, default_render="auto")
+    if found is None:
         log.error("dropped a scrape request with no valid id: %s", reason)
         return
-    url = payload.get("url") if isinstance(payload, dict) else None
-    await deps.pg.execute(_MARK_INVALID, parsed_id, str(url or "")[:2048], reason)
-    log.warning("job %s rejected: %s", parsed_id, reason)
+    await fail_jobs(deps.pg, [found])
+    log.warning("job %s rejected: %s", found.job_id, reason)
 
 
 def _read(request: ScrapeRequest, fetched: Fetched, page: Extracted) -> dict[str, Any]:
@@ -304,7 +302,7 @@ async def _scrape(ctx: dict[str, Any], payloads: Sequence[Any]) -> str:
                 [r.batch_id for r in requests],
             )
         }
-    except (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError) as exc:
+    except CONNECTION_ERRORS as exc:
         log.warning("job %s: database unavailable (%s), retrying", ctx["job_id"], exc)
         raise Retry(defer=min(30, 2 ** ctx["job_try"])) from exc
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import uuid
 from contextlib import AsyncExitStack
 from typing import Any
 
@@ -17,7 +16,7 @@ from redis.asyncio import Redis
 from services.storage.batcher import BatchWriter
 from shared.db import create_db_pool
 from shared.observability import pg_check
-from shared.pages import PageStore, Rejection, rejection
+from shared.pages import PageStore, Rejection, fail_jobs, rejection, rejection_from_payload
 from shared.queues import STORE_QUEUE, STORE_RESULTS, ScrapeResult, StoreBatch, describe
 from shared.settings import Settings
 from shared.workers import build_worker, close_stack, open_ops_server
@@ -47,13 +46,10 @@ def _malformed(item: Any, exc: ValidationError) -> Rejection | None:
     """A result that failed validation: what to record on its job, if it names one."""
     MALFORMED.inc()
     reason = "malformed result: " + describe(exc)
-    try:
-        job_id = uuid.UUID(str(item.get("job_id")))
-    except (AttributeError, ValueError):
+    found = rejection_from_payload(item, "job_id", reason, default_render="http")
+    if found is None:
         log.error("dropped a result that names no job: %s", reason)
-        return None
-    render = item.get("render") if item.get("render") in ("http", "browser") else "http"
-    return Rejection(job_id, str(item.get("url") or "")[:2048], render, "", reason)
+    return found
 
 
 async def store_results(ctx: dict[str, Any], payload: Any) -> str:
@@ -74,7 +70,7 @@ async def store_results(ctx: dict[str, Any], payload: Any) -> str:
     store: PageStore = ctx["store"]
     try:
         if malformed:
-            await store.fail_jobs(malformed)
+            await fail_jobs(store.pool, malformed)
         if results:
             await ctx["writer"].submit(results)
     except Exception as exc:
@@ -84,7 +80,7 @@ async def store_results(ctx: dict[str, Any], payload: Any) -> str:
             raise Retry(defer=min(60, 2 ** ctx["job_try"])) from exc
         # Out of tries: the jobs still end, failed with the reason, rather than stay running for ever.
         log.exception("store job %s gave up", ctx["job_id"])
-        await store.fail_jobs([rejection(r, f"storage failed: {type(exc).__name__}: {exc}") for r in results])
+        await fail_jobs(store.pool, [rejection(r, f"storage failed: {type(exc).__name__}: {exc}") for r in results])
         return "gave up"
     return f"{len(results)} stored, {len(malformed)} malformed"
 
