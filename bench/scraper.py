@@ -23,6 +23,7 @@ import aiohttp
 
 from bench.baselines import bare_aiohttp, bare_playwright
 from bench.common import backends, machine
+from bench.cpu import CpuLedger
 from bench.memory import TreeSampler
 from bench.site import page_urls, site_process
 from services.scraper.worker import Deps, open_deps, scrape_one
@@ -115,7 +116,9 @@ async def end_to_end(
     """Submit ``urls`` as one batch and wait until every page is stored. Returns pages/s and the progress seen
     over time (monotonic time, pages done)."""
     progress: list[tuple[float, int]] = []
+    cpu = CpuLedger()
     async with aiohttp.ClientSession(base_url=gateway) as session:
+        cpu.start()
         t0 = time.perf_counter()
         async with session.post("/v1/batches", json={"urls": urls, "render": render, "formats": ["text"]}) as resp:
             batch = await resp.json()
@@ -129,6 +132,8 @@ async def end_to_end(
                 sampler.mark(str(done))
             if state["status"] == "done":
                 elapsed = time.perf_counter() - t0
+                cpu.stop()
+                print(f"  {render} end to end, {len(urls)} pages: {cpu.per_page_ms(len(urls))}")
                 assert state["counts"]["failed"] == 0, state
                 return len(urls) / elapsed, progress
             await asyncio.sleep(0.1)

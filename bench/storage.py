@@ -13,7 +13,7 @@ from redis.asyncio import Redis
 from bench.common import backends, machine, percentile
 from services.storage.batcher import BatchWriter
 from shared.cache import PageCache
-from shared.codecs import unpack_body
+from shared.codecs import pack_body, unpack_body
 from shared.db import create_db_pool
 from shared.pages import PAGE_COLUMNS, PageStore, domain_of
 from shared.queues import ScrapeResult
@@ -42,7 +42,7 @@ def make_results(n: int, seed: int = 7) -> list[ScrapeResult]:
                 f"http://bench-{i % 50}.test/page/{i}",
                 html,
                 title=f"Page {i}",
-                text=text,
+                text_br_b64=pack_body(text.encode()),
                 links=[f"http://bench-{i % 50}.test/page/{i + 1}"],
             )
         )
@@ -51,10 +51,15 @@ def make_results(n: int, seed: int = 7) -> list[ScrapeResult]:
 
 def page_rows(results: list[ScrapeResult], first_id: int) -> list[tuple[Any, ...]]:
     return [
-        (first_id + n, r.job_id, r.url, domain_of(r.url), r.final_url, r.status_code, r.headers, r.title, r.text,
-         r.markdown, r.links, r.metadata, bytes.fromhex(r.content_hash or ""), r.render.value, None, r.finished_at)
+        (first_id + n, r.job_id, r.url, domain_of(r.url), r.final_url, r.status_code, r.headers, r.title,
+         _unpacked(r.text_br_b64), _unpacked(r.markdown_br_b64), r.links, r.metadata,
+         bytes.fromhex(r.content_hash or ""), r.render.value, None, r.finished_at)
         for n, r in enumerate(results)
     ]  # fmt: skip
+
+
+def _unpacked(packed: str | None) -> bytes | None:
+    return None if packed is None else unpack_body(packed)
 
 
 async def _mark_running(pool: Any, results: list[ScrapeResult]) -> None:
@@ -67,7 +72,7 @@ async def _mark_running(pool: Any, results: list[ScrapeResult]) -> None:
 
 
 async def main() -> None:
-    print(f"storage benchmark: {ROWS} rows of ~{len(make_results(1)[0].text or '') // 1000} KB text, {machine()}")
+    print(f"storage benchmark: {ROWS} rows of ~2.5 KB text, {machine()}")
     with backends() as settings:
         async with create_db_pool(settings.model_copy(update={"pg_pool_max": 4}), "bench") as pool:
             store = PageStore(pool, settings.max_stored_body_bytes)

@@ -15,7 +15,7 @@ from typing import Any
 
 import asyncpg
 
-from shared.codecs import unpack_body
+from shared.codecs import decompress, unpack_body
 from shared.queues import ScrapeResult
 
 log = logging.getLogger(__name__)
@@ -29,7 +29,7 @@ ROW_ERRORS = (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError)
 CONNECTION_ERRORS = (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError, asyncpg.CannotConnectNowError)
 
 PAGE_COLUMNS = (
-    "id", "job_id", "url", "domain", "final_url", "status_code", "headers", "title", "text", "markdown", "links",
+    "id", "job_id", "url", "domain", "final_url", "status_code", "headers", "title", "text_br", "markdown_br", "links",
     "metadata", "content_hash", "render", "render_reason", "fetched_at",
 )  # fmt: skip
 CAPTURE_COLUMNS = ("page_id", "fetched_at", "kind", "content_type", "data")
@@ -296,7 +296,7 @@ class PageStore:
                 url = r.final_url or r.url
                 rows.append((
                     page_of[r.job_id][0], r.job_id, r.url, domain_of(url), r.final_url, r.status_code,
-                    r.headers, r.title, r.text, r.markdown, r.links, r.metadata, digest,
+                    r.headers, r.title, _unpack(r.text_br_b64), _unpack(r.markdown_br_b64), r.links, r.metadata, digest,
                     (r.render_used or r.render).value, r.render_reason, r.finished_at,
                 ))  # fmt: skip
             await conn.execute(_INSERT_BODIES, list(bodies), list(bodies.values()), [len(b) for b in bodies.values()])
@@ -395,9 +395,18 @@ class PageStore:
         return {"jobs": int(jobs.split()[-1]), "bodies": int(bodies.split()[-1])}
 
 
+def _unpack(packed: str | None) -> bytes | None:
+    return None if packed is None else unpack_body(packed)
+
+
 def page_record(row: asyncpg.Record) -> dict[str, Any]:
-    """A page row as JSON-ready values (ids as strings: JavaScript clients lose precision past 2**53)."""
+    """A page row as JSON-ready values (ids as strings: JavaScript clients lose precision past 2**53; text and
+    markdown decompressed, from the plain columns for rows stored before they were compressed)."""
     record = dict(row)
+    for name in ("text", "markdown"):
+        packed = record.pop(f"{name}_br", None)
+        if packed is not None:
+            record[name] = decompress(packed).decode()
     record["id"] = str(record["id"])
     record["job_id"] = str(record["job_id"])
     record["fetched_at"] = record["fetched_at"].isoformat()

@@ -32,7 +32,7 @@ def make_result(
             "status_code": 200,
             "headers": {"Content-Type": "text/html"},
             "title": "t",
-            "text": "hello",
+            "text_br_b64": pack_body(b"hello"),
             "links": [],
             "metadata": {"title": "t"},
             "html_br_b64": pack_body(raw),

@@ -99,7 +99,7 @@ async def test_replayed_batch_writes_nothing_twice(store: PageStore, pg: asyncpg
 
 async def test_bad_rows_fail_alone_and_the_rest_of_the_batch_lands(store: PageStore, pg: asyncpg.Pool) -> None:
     good = [make_result(unique_url(str(i)), f"<p>fine {i}</p>") for i in range(3)]
-    nul = make_result(unique_url("nul"), "<p>x</p>", text="PostgreSQL text cannot hold \x00 bytes")
+    nul = make_result(unique_url("nul"), "<p>x</p>", title="PostgreSQL text cannot hold \x00 bytes")
     huge = make_result(unique_url("huge"), "".join(f"<p>{uuid.uuid4()}</p>" for _ in range(5000)))
     outcome = await store.write_batch([good[0], nul, good[1], huge, good[2]])
 
@@ -125,6 +125,21 @@ async def test_pages_land_in_month_partitions(store: PageStore, pg: asyncpg.Pool
         )
     }
     assert where == {old.job_id: "pages_2024_02", new.job_id: "pages_2024_03"}
+
+
+async def test_compressed_columns_are_not_compressed_again(store: PageStore, pg: asyncpg.Pool) -> None:
+    """Text and markdown come brotli-compressed from the scrapers: every partition, old or made on demand, stores
+    them EXTERNAL so PostgreSQL spends no CPU on a second compression."""
+    result = make_result(unique_url("new-month"), fetched_at=datetime(2031, 7, 4, tzinfo=UTC))
+    await store.write_batch([result])
+    rows = await pg.fetch(
+        "SELECT c.relname, a.attname, a.attstorage::text FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
+        " JOIN pg_attribute a ON a.attrelid = c.oid"
+        " WHERE i.inhparent = 'pages'::regclass AND a.attname IN ('text_br', 'markdown_br')"
+    )
+    partitions = {r["relname"] for r in rows}
+    assert "pages_2031_07" in partitions, partitions
+    assert {r["attstorage"] for r in rows} == {"e"}, rows
 
 
 async def test_hot_queries_use_indexes(store: PageStore, pg: asyncpg.Pool) -> None:

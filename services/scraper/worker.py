@@ -147,13 +147,13 @@ def _read(request: ScrapeRequest, fetched: Fetched, page: Extracted) -> dict[str
     }
     wanted = set(request.formats)
     if Format.TEXT in wanted:
-        fields["text"] = page.text
+        fields["text_br_b64"] = pack_body(page.text.encode())
     if Format.LINKS in wanted:
         fields["links"] = page.links
     if Format.METADATA in wanted:
         fields["metadata"] = page.metadata
     if Format.MARKDOWN in wanted:
-        fields["markdown"] = to_markdown(fetched.html)
+        fields["markdown_br_b64"] = pack_body(to_markdown(fetched.html).encode())
     if fetched.screenshot is not None:
         fields["screenshot_b64"] = base64.b64encode(fetched.screenshot).decode("ascii")
         fields["screenshot_type"] = fetched.screenshot_type
