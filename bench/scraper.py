@@ -73,8 +73,8 @@ class Cluster:
 
 
 @contextmanager
-def cluster(settings: Settings, env_extra: dict[str, str]) -> Iterator[Cluster]:
-    """Gateway, scraper and storage as separate processes, as ``trawl up`` runs them."""
+def cluster(settings: Settings, env_extra: dict[str, str], scrapers: int = 1) -> Iterator[Cluster]:
+    """Gateway, storage and ``scrapers`` scraper processes, as ``trawl up`` runs them."""
     ports = {name: _free_port() for name in ("gateway", "scraper", "storage", "archival", "metrics")}
     env = {
         **os.environ,
@@ -88,6 +88,12 @@ def cluster(settings: Settings, env_extra: dict[str, str]) -> Iterator[Cluster]:
         name: subprocess.Popen([sys.executable, "-m", f"services.{name}"], env=env)
         for name in ("storage", "scraper", "gateway")
     }
+    for n in range(1, scrapers):
+        port = _free_port()
+        procs[f"scraper-{n}"] = subprocess.Popen(
+            [sys.executable, "-m", "services.scraper"], env=env | {"TRAWL_SCRAPER_PORT": str(port)}
+        )
+        ports[f"scraper-{n}"] = port
     try:
         deadline = time.monotonic() + 60
         for name in procs:

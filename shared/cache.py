@@ -5,11 +5,11 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-import brotli
 import orjson
 from prometheus_client import Counter
 from redis.asyncio import Redis
 
+from shared.codecs import compress, decompress
 from shared.pages import PageStore
 
 LOOKUPS = Counter(
@@ -35,12 +35,11 @@ class PageCache:
         raw = await self.redis.get(cache_key(url))
         if raw is None:
             return None
-        page: dict[str, Any] = orjson.loads(brotli.decompress(raw))
+        page: dict[str, Any] = orjson.loads(decompress(raw))
         return page
 
     async def put(self, url: str, page: dict[str, Any]) -> None:
-        # Quality 1: the entry is read far more often than written, and small either way.
-        await self.redis.set(cache_key(url), brotli.compress(orjson.dumps(page), quality=1), ex=self.ttl_s)
+        await self.redis.set(cache_key(url), compress(orjson.dumps(page)), ex=self.ttl_s)
         SETS.inc()
 
     async def latest(self, url: str) -> dict[str, Any] | None:

@@ -15,7 +15,7 @@ from typing import Any
 
 import asyncpg
 
-from shared.codecs import decompress, unpack_body
+from shared.codecs import decompress, unpack
 from shared.queues import ScrapeResult
 
 log = logging.getLogger(__name__)
@@ -29,8 +29,8 @@ ROW_ERRORS = (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError)
 CONNECTION_ERRORS = (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError, asyncpg.CannotConnectNowError)
 
 PAGE_COLUMNS = (
-    "id", "job_id", "url", "domain", "final_url", "status_code", "headers", "title", "text_br", "markdown_br", "links",
-    "metadata", "content_hash", "render", "render_reason", "fetched_at",
+    "id", "job_id", "url", "domain", "final_url", "status_code", "headers", "title", "text_packed", "markdown_packed",
+    "links", "metadata", "content_hash", "render", "render_reason", "fetched_at",
 )  # fmt: skip
 CAPTURE_COLUMNS = ("page_id", "fetched_at", "kind", "content_type", "data")
 
@@ -64,7 +64,7 @@ RETURNING id
 
 # COPY cannot skip rows that already exist, and deduplicated bodies do; an array insert can.
 _INSERT_BODIES = """
-INSERT INTO bodies (content_hash, html_br, size)
+INSERT INTO bodies (content_hash, html_packed, size)
 SELECT * FROM unnest($1::bytea[], $2::bytea[], $3::int[])
 ON CONFLICT (content_hash) DO NOTHING
 """
@@ -191,9 +191,9 @@ class PageStore:
     def _check(self, result: ScrapeResult) -> str | None:
         if result.outcome != "succeeded":
             return None
-        if result.html_br_b64 is None:
+        if result.html_packed is None:
             return "result has no body"
-        if len(result.html_br_b64) * 3 // 4 > self.max_body_bytes:
+        if len(result.html_packed) * 3 // 4 > self.max_body_bytes:
             return f"compressed body is over the {self.max_body_bytes}-byte storage cap"
         return None
 
@@ -290,13 +290,13 @@ class PageStore:
             bodies: dict[bytes, bytes] = {}
             rows = []
             for r in to_store:
-                html_br = unpack_body(r.html_br_b64 or "")
+                html_packed = unpack(r.html_packed or "")
                 digest = bytes.fromhex(r.content_hash) if r.content_hash else b""
-                bodies.setdefault(digest, html_br)
+                bodies.setdefault(digest, html_packed)
                 url = r.final_url or r.url
                 rows.append((
                     page_of[r.job_id][0], r.job_id, r.url, domain_of(url), r.final_url, r.status_code,
-                    r.headers, r.title, _unpack(r.text_br_b64), _unpack(r.markdown_br_b64), r.links, r.metadata, digest,
+                    r.headers, r.title, _unpack(r.text_packed), _unpack(r.markdown_packed), r.links, r.metadata, digest,
                     (r.render_used or r.render).value, r.render_reason, r.finished_at,
                 ))  # fmt: skip
             await conn.execute(_INSERT_BODIES, list(bodies), list(bodies.values()), [len(b) for b in bodies.values()])
@@ -336,7 +336,7 @@ class PageStore:
 
     async def body(self, content_hash_hex: str) -> bytes | None:
         data: bytes | None = await self.pool.fetchval(
-            "SELECT html_br FROM bodies WHERE content_hash = $1", bytes.fromhex(content_hash_hex)
+            "SELECT html_packed FROM bodies WHERE content_hash = $1", bytes.fromhex(content_hash_hex)
         )
         return data
 
@@ -396,7 +396,7 @@ class PageStore:
 
 
 def _unpack(packed: str | None) -> bytes | None:
-    return None if packed is None else unpack_body(packed)
+    return None if packed is None else unpack(packed)
 
 
 def page_record(row: asyncpg.Record) -> dict[str, Any]:
@@ -404,7 +404,7 @@ def page_record(row: asyncpg.Record) -> dict[str, Any]:
     markdown decompressed, from the plain columns for rows stored before they were compressed)."""
     record = dict(row)
     for name in ("text", "markdown"):
-        packed = record.pop(f"{name}_br", None)
+        packed = record.pop(f"{name}_packed", None)
         if packed is not None:
             record[name] = decompress(packed).decode()
     record["id"] = str(record["id"])

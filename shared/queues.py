@@ -24,7 +24,7 @@ import orjson
 from arq.connections import ArqRedis, RedisSettings, create_pool
 from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
-from shared.codecs import decompress, unpack_body
+from shared.codecs import decompress, unpack
 from shared.settings import Settings
 
 SCRAPE_QUEUE = "trawl:scrape"
@@ -166,14 +166,14 @@ class ScrapeResult(BaseModel):
     status_code: int | None = None
     headers: dict[str, str] = Field(default_factory=dict)
     title: str | None = None
-    # Main text and markdown, brotli-compressed and base64-encoded like the body: the scrapers compress, so
-    # PostgreSQL (one for the whole cluster) does not have to.
-    text_br_b64: str | None = None
-    markdown_br_b64: str | None = None
+    # Main text and markdown, compressed and base64-encoded like the body (shared.codecs): the scrapers compress,
+    # so PostgreSQL (one for the whole cluster) does not have to.
+    text_packed: str | None = None
+    markdown_packed: str | None = None
     links: list[str] | None = None
     metadata: dict[str, Any] | None = None
-    # The HTML body, brotli-compressed and base64-encoded: JSON has no bytes, and bodies are large.
-    html_br_b64: str | None = None
+    # The HTML body, compressed and base64-encoded (shared.codecs): JSON has no bytes, and bodies are large.
+    html_packed: str | None = None
     # blake2b-128 of the raw HTML, hex: byte-identical bodies are stored once.
     content_hash: str | None = Field(None, pattern="^[0-9a-f]{32}$")
     screenshot_b64: str | None = None
@@ -182,11 +182,11 @@ class ScrapeResult(BaseModel):
 
     @property
     def text(self) -> str | None:
-        return None if self.text_br_b64 is None else decompress(unpack_body(self.text_br_b64)).decode()
+        return None if self.text_packed is None else decompress(unpack(self.text_packed)).decode()
 
     @property
     def markdown(self) -> str | None:
-        return None if self.markdown_br_b64 is None else decompress(unpack_body(self.markdown_br_b64)).decode()
+        return None if self.markdown_packed is None else decompress(unpack(self.markdown_packed)).decode()
 
 
 class StoreBatch(BaseModel):

@@ -11,9 +11,10 @@ import aiohttp
 import asyncpg
 import orjson
 import pytest
+from redis.asyncio import Redis
 
 from shared.codecs import decompress
-from shared.queues import ScrapeRequest, create_queue_pool, enqueue_scrape
+from shared.queues import SCRAPE_PAGES, STORE_RESULTS, ScrapeRequest, create_queue_pool, enqueue_scrape, loads
 from shared.settings import Settings
 from tests.cluster import TRAWL, cluster_env, start_trawl_up, stop_trawl_up, submit, wait_for_job, wait_until_up
 from tests.conftest import free_port
@@ -60,15 +61,15 @@ async def test_http_job_is_fetched_read_and_stored(
     assert job["timings"]["fetch_ms"] is not None and job["timings"]["total_ms"] >= job["timings"]["fetch_ms"]
 
     row = await pg.fetchrow(
-        "SELECT p.*, b.html_br FROM pages p JOIN bodies b USING (content_hash) WHERE job_id = $1", uuid.UUID(job_id)
+        "SELECT p.*, b.html_packed FROM pages p JOIN bodies b USING (content_hash) WHERE job_id = $1", uuid.UUID(job_id)
     )
     assert row is not None
     assert row["status_code"] == 200 and row["render"] == "http"
     assert row["title"] == "Page 1" and row["domain"] == "127.0.0.1"
-    html = decompress(row["html_br"]).decode()
+    html = decompress(row["html_packed"]).decode()
     assert "<h1>Page 1</h1>" in html
     # Plain HTTP never runs the page's JavaScript.
-    assert "Written by JavaScript" not in decompress(row["text_br"]).decode()
+    assert "Written by JavaScript" not in decompress(row["text_packed"]).decode()
     assert row["links"] == [site.url("/page/2"), "https://example.org/x"]
     assert row["metadata"]["description"] == "A page of the trawl test site"
     assert row["metadata"]["og"] == {"title": "OG Page 1"}
@@ -88,10 +89,12 @@ async def test_browser_job_runs_the_pages_javascript(
     job_id = await submit(gateway, url=site.url("/page/js"), render="browser", formats=["text", "markdown"])
     job = await wait_for_job(gateway, job_id)
     assert job["status"] == "succeeded", job
-    row = await pg.fetchrow("SELECT render, text_br, markdown_br FROM pages WHERE job_id = $1", uuid.UUID(job_id))
+    row = await pg.fetchrow(
+        "SELECT render, text_packed, markdown_packed FROM pages WHERE job_id = $1", uuid.UUID(job_id)
+    )
     assert row["render"] == "browser"
-    assert "Written by JavaScript 42" in decompress(row["text_br"]).decode()
-    assert "# Page js" in decompress(row["markdown_br"]).decode()
+    assert "Written by JavaScript 42" in decompress(row["text_packed"]).decode()
+    assert "# Page js" in decompress(row["markdown_packed"]).decode()
     async with gateway.get(f"/v1/jobs/{job_id}/result") as resp:
         result = await resp.json()
     assert "Written by JavaScript 42" in result["text"] and "# Page js" in result["markdown"]
@@ -201,7 +204,7 @@ async def test_malformed_result_on_the_store_queue_fails_its_job_and_spares_the_
 
 
 async def test_batch_is_scraped_stored_and_reported(
-    gateway: aiohttp.ClientSession, site: LocalSite, pg: asyncpg.Pool
+    cluster: Settings, gateway: aiohttp.ClientSession, site: LocalSite, pg: asyncpg.Pool
 ) -> None:
     urls = [site.url(f"/page/batch-{n}") for n in range(40)] + [site.url("/status/404")]
     async with gateway.post("/v1/batches", json={"urls": urls, "render": "http", "formats": ["text"]}) as resp:
@@ -222,6 +225,16 @@ async def test_batch_is_scraped_stored_and_reported(
         "SELECT count(*) FROM pages p JOIN jobs j ON j.page_id = p.id WHERE j.batch_id = $1", uuid.UUID(batch["id"])
     )
     assert stored == 40
+    # The pages are in PostgreSQL; Redis keeps no copy of them in arq's records of finished store jobs.
+    redis = Redis.from_url(cluster.redis_url)
+    try:
+        kept = [key async for key in redis.scan_iter(match="arq:result:*")]
+        records = [loads(raw) for raw in await redis.mget(kept)] if kept else []
+    finally:
+        await redis.aclose()
+    functions = {r["f"] for r in records if r}
+    assert SCRAPE_PAGES in functions  # scrape jobs' records are kept (their payloads are small)
+    assert STORE_RESULTS not in functions, "store jobs' payloads, whole pages, were kept in Redis"
 
 
 async def test_screenshot_is_stored_apart_and_served(gateway: aiohttp.ClientSession, site: LocalSite) -> None:

@@ -12,12 +12,14 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import asyncpg
+import brotli
 import pytest
 from prometheus_client import REGISTRY
 from redis.asyncio import Redis
 
 from services.storage.batcher import BatchWriter
 from shared.cache import PageCache, cache_key
+from shared.codecs import decompress
 from shared.db import create_db_pool, migrate, migrate_url
 from shared.pages import PageStore, domain_of
 from shared.settings import Settings
@@ -127,6 +129,22 @@ async def test_pages_land_in_month_partitions(store: PageStore, pg: asyncpg.Pool
     assert where == {old.job_id: "pages_2024_02", new.job_id: "pages_2024_03"}
 
 
+async def test_bodies_stored_before_zstd_are_still_read(store: PageStore, pg: asyncpg.Pool) -> None:
+    """Bodies written before the switch to zstd are brotli; reads tell the two apart and serve both."""
+    result = make_result(unique_url("old-codec"), "<p>stored as brotli</p>")
+    await store.write_batch([result])
+    old = brotli.compress(b"<p>stored as brotli</p>", quality=1)
+    await pg.execute(
+        "UPDATE bodies SET html_packed = $1 WHERE content_hash = $2", old, bytes.fromhex(result.content_hash or "")
+    )
+    body = await store.body(result.content_hash or "")
+    assert body is not None and decompress(body) == b"<p>stored as brotli</p>"
+    fresh = make_result(unique_url("new-codec"), "<p>stored as zstd</p>")
+    await store.write_batch([fresh])
+    body = await store.body(fresh.content_hash or "")
+    assert body is not None and body.startswith(b"\x28\xb5\x2f\xfd") and decompress(body) == b"<p>stored as zstd</p>"
+
+
 async def test_compressed_columns_are_not_compressed_again(store: PageStore, pg: asyncpg.Pool) -> None:
     """Text and markdown come brotli-compressed from the scrapers: every partition, old or made on demand, stores
     them EXTERNAL so PostgreSQL spends no CPU on a second compression."""
@@ -135,7 +153,7 @@ async def test_compressed_columns_are_not_compressed_again(store: PageStore, pg:
     rows = await pg.fetch(
         "SELECT c.relname, a.attname, a.attstorage::text FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
         " JOIN pg_attribute a ON a.attrelid = c.oid"
-        " WHERE i.inhparent = 'pages'::regclass AND a.attname IN ('text_br', 'markdown_br')"
+        " WHERE i.inhparent = 'pages'::regclass AND a.attname IN ('text_packed', 'markdown_packed')"
     )
     partitions = {r["relname"] for r in rows}
     assert "pages_2031_07" in partitions, partitions

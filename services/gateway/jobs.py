@@ -156,8 +156,8 @@ async def page_in_formats(request: web.Request, page: dict[str, Any], formats: s
                   "fetched_at", "domain")
     }  # fmt: skip
     if Format.RAW_HTML in formats or Format.HTML in formats:
-        html_br = await request.app[STORE].body(page["content_hash"])
-        raw = decompress(html_br).decode() if html_br is not None else None
+        html_packed = await request.app[STORE].body(page["content_hash"])
+        raw = decompress(html_packed).decode() if html_packed is not None else None
         if Format.RAW_HTML in formats:
             out["raw_html"] = raw
         if Format.HTML in formats:

@@ -26,7 +26,7 @@ from redis.exceptions import RedisError
 
 from services.scraper.fetch import Fetched, browser_reason, fetch_http, render_browser
 from shared.browser import BrowserPool
-from shared.codecs import content_hash, pack_body
+from shared.codecs import content_hash, pack
 from shared.db import create_db_pool
 from shared.errors import RobotsDisallowed, ScrapeError
 from shared.extract import Extracted, extract, to_markdown
@@ -142,18 +142,18 @@ def _read(request: ScrapeRequest, fetched: Fetched, page: Extracted) -> dict[str
         "status_code": fetched.status_code,
         "headers": fetched.headers,
         "title": page.title,
-        "html_br_b64": pack_body(raw),
+        "html_packed": pack(raw),
         "content_hash": content_hash(raw).hex(),
     }
     wanted = set(request.formats)
     if Format.TEXT in wanted:
-        fields["text_br_b64"] = pack_body(page.text.encode())
+        fields["text_packed"] = pack(page.text.encode())
     if Format.LINKS in wanted:
         fields["links"] = page.links
     if Format.METADATA in wanted:
         fields["metadata"] = page.metadata
     if Format.MARKDOWN in wanted:
-        fields["markdown_br_b64"] = pack_body(to_markdown(fetched.html).encode())
+        fields["markdown_packed"] = pack(to_markdown(fetched.html).encode())
     if fetched.screenshot is not None:
         fields["screenshot_b64"] = base64.b64encode(fetched.screenshot).decode("ascii")
         fields["screenshot_type"] = fetched.screenshot_type

@@ -95,7 +95,9 @@ async def clean_up(ctx: dict[str, Any]) -> str:
 def create_worker(settings: Settings) -> Worker:
     return build_worker(
         settings,
-        functions=[func(store_results, name=STORE_RESULTS, timeout=120, max_tries=MAX_TRIES)],
+        # keep_result=0: arq's result record repeats the job's arguments, here whole pages, and would hold every
+        # stored page in Redis for an hour; the ledger has the outcome, and replays are recognised there.
+        functions=[func(store_results, name=STORE_RESULTS, timeout=120, max_tries=MAX_TRIES, keep_result=0)],
         queue_name=STORE_QUEUE,
         max_jobs=settings.storage_max_jobs,
         on_startup=startup,
