@@ -11,6 +11,7 @@ from 1,287 pages/s with zstd to 1,156 with lz4. Bodies stored before zstd are br
 from __future__ import annotations
 
 import base64
+import binascii
 import hashlib
 import threading
 
@@ -47,8 +48,10 @@ def pack(data: bytes) -> str:
 
 
 def unpack(packed: str) -> bytes:
-    """The compressed bytes of a packed value, as stored (no need to decompress just to store)."""
-    return base64.b64decode(packed, validate=True)
+    """The compressed bytes of a packed value, as stored (no need to decompress just to store). Raises
+    binascii.Error on anything but clean base64 (``b64decode(validate=True)`` checks with a regex first, which cost
+    a fifth of the storage worker's CPU)."""
+    return binascii.a2b_base64(packed, strict_mode=True)
 
 
 def content_hash(data: bytes) -> bytes:

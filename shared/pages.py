@@ -6,6 +6,7 @@ Both the storage service (writes) and the gateway (reads) use it; the SQL lives 
 from __future__ import annotations
 
 import base64
+import binascii
 import logging
 import uuid
 from collections.abc import Sequence
@@ -222,7 +223,7 @@ class PageStore:
             try:
                 async with conn.transaction():
                     await self._write(conn, batch, outcome)
-            except ROW_ERRORS:
+            except (*ROW_ERRORS, binascii.Error):
                 outcome.closed.clear()
                 outcome.stored_urls.clear()
                 for result in batch:
@@ -231,6 +232,11 @@ class PageStore:
                             await self._write(conn, [result], outcome)
                     except ROW_ERRORS as exc:
                         outcome.rejected.append(rejection(result, f"refused by the database: {exc}"))
+                    except binascii.Error as exc:
+                        # Found while writing rather than checked up front: checking costs as much as decoding.
+                        outcome.rejected.append(
+                            rejection(result, f"malformed result: a packed field is not base64 ({exc})")
+                        )
             if outcome.rejected:
                 await fail_jobs(conn, outcome.rejected)
         rejected = {r.job_id for r in outcome.rejected}

@@ -3,10 +3,8 @@
 from aiohttp import web
 
 from services.metrics.app import create_app
-from shared.observability import configure_logging
-from shared.settings import Settings
+from shared.runtime import start_service
 
 if __name__ == "__main__":
-    settings = Settings()
-    configure_logging(settings.log_level)
+    settings = start_service()
     web.run_app(create_app(settings), host=settings.host, port=settings.metrics_port, print=None)
