@@ -10,9 +10,9 @@ from collections.abc import Awaitable, Callable, Iterator
 import aiohttp
 from playwright.async_api import Browser, CDPSession, Page, Playwright, async_playwright
 
-from shared.browser import CHROMIUM_ARGS
+from shared.browser import CHROMIUM_ARGS, find_browser
+from shared.settings import Settings
 
-CHROMIUM = "/usr/bin/chromium"
 TITLE = re.compile(rb"<title>([^<]*)</title>", re.IGNORECASE)
 # Images, fonts and media are blocked inside Chromium through CDP: page.route() would send every request through
 # Python and disable the cache, which makes crawls slower than loading the files.
@@ -42,9 +42,14 @@ async def bare_aiohttp(urls: list[str], concurrency: int = 8) -> float:
     return len(urls) / elapsed
 
 
-async def launch_chromium(pw: Playwright, executable_path: str | None = CHROMIUM) -> Browser:
-    """Headless Chromium with the project's flags."""
-    return await pw.chromium.launch(executable_path=executable_path, headless=True, args=list(CHROMIUM_ARGS))
+def benchmark_chromium(pw: Playwright) -> str | None:
+    """The Chromium trawl's pool would launch here, so that baselines and trawl run the same browser."""
+    return find_browser(Settings().browser_path, pw.chromium.executable_path)
+
+
+async def launch_chromium(pw: Playwright) -> Browser:
+    """Headless Chromium with the project's flags: the same build trawl uses."""
+    return await pw.chromium.launch(executable_path=benchmark_chromium(pw), headless=True, args=list(CHROMIUM_ARGS))
 
 
 async def block_media(page: Page) -> CDPSession:
@@ -80,11 +85,11 @@ async def crawl(workers: int, urls: list[str], job: Callable[[int, str], Awaitab
     return len(urls) / elapsed
 
 
-async def bare_playwright(urls: list[str], concurrency: int = 4, executable_path: str | None = CHROMIUM) -> float:
+async def bare_playwright(urls: list[str], concurrency: int = 4) -> float:
     """Pages/s through ``concurrency`` pages of one context, reused for every URL, media blocked through CDP.
     The timing starts once the browser and its pages are up."""
     async with async_playwright() as pw:
-        browser = await launch_chromium(pw, executable_path)
+        browser = await launch_chromium(pw)
         try:
             context = await browser.new_context()
             pages = [await context.new_page() for _ in range(concurrency)]

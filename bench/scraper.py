@@ -59,6 +59,9 @@ async def scraper_alone(deps: Deps, urls: list[str], render: str, concurrency: i
         async with slots:
             result = await scrape_one(deps, request)
         assert result.outcome == "succeeded", result.error
+        # Every page says "Page N ready", on a quarter of them written by JavaScript on load: a browser result
+        # without it was read too early.
+        assert f"Page {str(request.url).rsplit('/', 1)[-1]} ready" in (result.text or ""), request.url
 
     await one(requests[0])  # warm-up: robots.txt, the browser's launch
     t0 = time.perf_counter()

@@ -44,7 +44,7 @@ def browser() -> None:
     with sync_playwright() as pw:
         own = pw.chromium.executable_path
         try:
-            path = find_browser(settings.browser_path, own)
+            path = find_browser(settings.browser_path, own, headless=settings.browser_headless)
         except BrowserUnavailable as exc:
             raise click.ClickException(str(exc)) from exc
     click.echo(path or own)

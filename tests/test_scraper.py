@@ -12,6 +12,7 @@ import signal
 import time
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
+from pathlib import Path
 from typing import Any
 
 import psutil
@@ -19,8 +20,8 @@ import pytest
 from PIL import Image
 
 from services.scraper.worker import Deps, open_deps, scrape_one
-from shared.browser import BrowserPool, PageOptions
-from shared.errors import BrowserCrashed
+from shared.browser import HEADLESS_SHELLS, BrowserPool, PageOptions, find_browser
+from shared.errors import BrowserCrashed, BrowserUnavailable
 from shared.queues import ScrapeRequest, ScrapeResult, create_queue_pool
 from shared.settings import Settings
 from tests.site import LocalSite
@@ -147,6 +148,33 @@ async def test_jobs_are_isolated_and_look_like_a_plain_browser(deps: Deps, site:
     assert "Headless" not in str(headers)
 
 
+@pytest.mark.skipif(not os.access(HEADLESS_SHELLS[0], os.X_OK), reason="Chromium's headless shell is not installed")
+async def test_pool_runs_the_headless_shell_without_browser_ui(settings: Settings, site: LocalSite) -> None:
+    """Full Chromium keeps browser UI pages (WebUI renderers) for every context, each working on every navigation;
+    the headless shell, which the pool prefers, has none."""
+    assert find_browser(None, None) == HEADLESS_SHELLS[0]
+    assert find_browser(None, None, headless=False) != HEADLESS_SHELLS[0]  # a shell cannot show a window
+    async with BrowserPool(settings.model_copy(update={"browser_concurrency": 2})) as pool:
+        async with pool.page() as first, pool.page() as second:
+            await first.goto(site.url("/page/ui-1"))
+            await second.goto(site.url("/page/ui-2"))
+            [browser] = pool.chromium_pids()
+            tree = [psutil.Process(browser), *psutil.Process(browser).children(recursive=True)]
+            cmdlines = [" ".join(p.cmdline()) for p in tree]
+    assert "chromium-headless-shell" in cmdlines[0]
+    assert sum("--type=renderer" in c for c in cmdlines) >= 2  # one renderer per context at least
+    assert not [c for c in cmdlines if "webui" in c], cmdlines
+
+
+def test_a_configured_browser_must_be_executable(tmp_path: Path) -> None:
+    script = tmp_path / "my-chromium"
+    script.write_text("#!/bin/sh\n")
+    with pytest.raises(BrowserUnavailable, match="not an executable"):
+        find_browser(str(script), None)
+    script.chmod(0o755)
+    assert find_browser(str(script), None) == str(script)
+
+
 async def test_a_crashed_tab_fails_its_job_and_the_pool_goes_on(settings: Settings, site: LocalSite) -> None:
     async with BrowserPool(settings.model_copy(update={"browser_concurrency": 1})) as pool:
         with pytest.raises(BrowserCrashed):
@@ -167,10 +195,13 @@ async def test_a_killed_browser_is_relaunched_and_leaves_no_process(settings: Se
         async with pool.page() as page:
             await page.goto(site.url("/page/before-kill"))
         [first] = pool.chromium_pids()
-        os.kill(first, signal.SIGKILL)
+        # Killed while a job is in flight (a page that never answers): that job fails as a crash, to be retried.
         with pytest.raises(BrowserCrashed):
             async with pool.page() as page:
-                await page.goto(site.url("/page/during-kill"))
+                loading = asyncio.create_task(page.goto(site.url("/slow")))
+                await asyncio.sleep(0.3)
+                os.kill(first, signal.SIGKILL)
+                await loading
         async with pool.page() as page:
             await page.goto(site.url("/page/after-kill"))
             assert await page.title() == "Page after-kill"
