@@ -153,7 +153,11 @@ async def test_pool_runs_the_headless_shell_without_browser_ui(settings: Setting
     """Full Chromium keeps browser UI pages (WebUI renderers) for every context, each working on every navigation;
     the headless shell, which the pool prefers, has none."""
     assert find_browser(None, None) == HEADLESS_SHELLS[0]
-    assert find_browser(None, None, headless=False) != HEADLESS_SHELLS[0]  # a shell cannot show a window
+    try:
+        windowed = find_browser(None, None, headless=False)
+    except BrowserUnavailable:  # no full Chromium on this machine: fine, the point is not to pick a shell
+        windowed = None
+    assert windowed not in HEADLESS_SHELLS  # a shell cannot show a window
     async with BrowserPool(settings.model_copy(update={"browser_concurrency": 2})) as pool:
         async with pool.page() as first, pool.page() as second:
             await first.goto(site.url("/page/ui-1"))
