@@ -51,14 +51,14 @@ async def scraper_deps(settings: Settings) -> AsyncIterator[Deps]:
         yield await open_deps(stack, settings, queue, "bench-scraper")
 
 
-async def scraper_alone(deps: Deps, urls: list[str], render: str, concurrency: int) -> float:
-    """The scraper's own per-page work (robots, politeness slot, fetch, extraction, compression), no queue."""
+async def scraper_alone(deps: Deps, urls: list[str], render: str) -> float:
+    """The scraper's own per-page work (robots, politeness slot, fetch, extraction, compression), no queue. All
+    pages are started at once, as a batch job starts its pages: the scraper's own limits (http or browser
+    concurrency, the per-domain limit) decide how many run at a time."""
     requests = [ScrapeRequest.model_validate({"url": u, "render": render, "formats": ["text"]}) for u in urls]
-    slots = asyncio.Semaphore(concurrency)
 
     async def one(request: ScrapeRequest) -> None:
-        async with slots:
-            result = await scrape_one(deps, request)
+        result = await scrape_one(deps, request)
         assert result.outcome == "succeeded", result.error
         if render == "browser":
             # Every page says "Page N ready", on a quarter of them written by JavaScript on load: a rendered page
@@ -179,10 +179,8 @@ async def main() -> None:
         figures["bare Playwright, 4 reused pages (c=4)"] = await bare_playwright(browser_urls, BROWSER_CONCURRENCY)
 
         async with scraper_deps(settings) as deps:
-            figures["trawl http, scraper alone (c=8)"] = await scraper_alone(deps, http_urls, "http", HTTP_CONCURRENCY)
-            figures["trawl browser, scraper alone (c=4)"] = await scraper_alone(
-                deps, browser_urls, "browser", BROWSER_CONCURRENCY
-            )
+            figures["trawl http, scraper alone (c=8)"] = await scraper_alone(deps, http_urls, "http")
+            figures["trawl browser, scraper alone (c=4)"] = await scraper_alone(deps, browser_urls, "browser")
 
         env = {
             "TRAWL_DOMAIN_CONCURRENCY": str(settings.domain_concurrency),

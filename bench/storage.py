@@ -13,7 +13,7 @@ from redis.asyncio import Redis
 from bench.common import backends, machine, percentile
 from services.storage.batcher import BatchWriter
 from shared.cache import PageCache
-from shared.codecs import pack, unpack
+from shared.codecs import compress
 from shared.db import create_db_pool
 from shared.pages import PAGE_COLUMNS, PageStore, domain_of
 from shared.queues import ScrapeResult
@@ -42,7 +42,7 @@ def make_results(n: int, seed: int = 7) -> list[ScrapeResult]:
                 f"http://bench-{i % 50}.test/page/{i}",
                 html,
                 title=f"Page {i}",
-                text_packed=pack(text.encode()),
+                text_packed=compress(text.encode()),
                 links=[f"http://bench-{i % 50}.test/page/{i + 1}"],
             )
         )
@@ -52,14 +52,10 @@ def make_results(n: int, seed: int = 7) -> list[ScrapeResult]:
 def page_rows(results: list[ScrapeResult], first_id: int) -> list[tuple[Any, ...]]:
     return [
         (first_id + n, r.job_id, r.url, domain_of(r.url), r.final_url, r.status_code, r.headers, r.title,
-         _unpacked(r.text_packed), _unpacked(r.markdown_packed), r.links, r.metadata,
+         r.text_packed, r.markdown_packed, r.links, r.metadata,
          bytes.fromhex(r.content_hash or ""), r.render.value, None, r.finished_at)
         for n, r in enumerate(results)
     ]  # fmt: skip
-
-
-def _unpacked(packed: str | None) -> bytes | None:
-    return None if packed is None else unpack(packed)
 
 
 async def _mark_running(pool: Any, results: list[ScrapeResult]) -> None:
@@ -95,7 +91,7 @@ async def main() -> None:
             # 2. Raw COPY of the same rows (pages and their bodies), one transaction, nothing else.
             raw = make_results(ROWS, seed=2)
             rows = page_rows(raw, 20_000_000)
-            bodies = [(bytes.fromhex(r.content_hash or ""), unpack(r.html_packed or ""), 0) for r in raw]
+            bodies = [(bytes.fromhex(r.content_hash or ""), r.html_packed or b"", 0) for r in raw]
             t0 = time.perf_counter()
             async with pool.acquire() as conn, conn.transaction():
                 await conn.copy_records_to_table(

@@ -1,4 +1,5 @@
-"""Compression of what the scrapers send and the database keeps: page bodies, text and markdown.
+"""Compression of what the scrapers send and the database keeps: page bodies, text and markdown (compressed once,
+by the scraper; they travel as bytes in msgpack store jobs and are stored as they came).
 
 zstd at level 1, compressed once by the scraper that fetched the page (scrapers scale out; the database does not).
 Measured on the benchmark site's pages (35 KB): 0.09 ms a page against 0.12 ms for brotli at quality 1, for the
@@ -10,8 +11,6 @@ from 1,287 pages/s with zstd to 1,156 with lz4. Bodies stored before zstd are br
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
 import threading
 
@@ -40,18 +39,6 @@ def decompress(data: bytes) -> bytes:
         return _zstd()[1].decompress(data)
     out: bytes = brotli.decompress(data)
     return out
-
-
-def pack(data: bytes) -> str:
-    """Bytes ready for a JSON payload: compressed, then base64."""
-    return base64.b64encode(compress(data)).decode("ascii")
-
-
-def unpack(packed: str) -> bytes:
-    """The compressed bytes of a packed value, as stored (no need to decompress just to store). Raises
-    binascii.Error on anything but clean base64 (``b64decode(validate=True)`` checks with a regex first, which cost
-    a fifth of the storage worker's CPU)."""
-    return binascii.a2b_base64(packed, strict_mode=True)
 
 
 def content_hash(data: bytes) -> bytes:

@@ -6,7 +6,6 @@ Both the storage service (writes) and the gateway (reads) use it; the SQL lives 
 from __future__ import annotations
 
 import base64
-import binascii
 import logging
 import uuid
 from collections.abc import Sequence
@@ -16,7 +15,7 @@ from typing import Any
 
 import asyncpg
 
-from shared.codecs import decompress, unpack
+from shared.codecs import decompress
 from shared.queues import ScrapeResult
 
 log = logging.getLogger(__name__)
@@ -194,7 +193,7 @@ class PageStore:
             return None
         if result.html_packed is None:
             return "result has no body"
-        if len(result.html_packed) * 3 // 4 > self.max_body_bytes:
+        if len(result.html_packed) > self.max_body_bytes:
             return f"compressed body is over the {self.max_body_bytes}-byte storage cap"
         return None
 
@@ -223,7 +222,7 @@ class PageStore:
             try:
                 async with conn.transaction():
                     await self._write(conn, batch, outcome)
-            except (*ROW_ERRORS, binascii.Error):
+            except ROW_ERRORS:
                 outcome.closed.clear()
                 outcome.stored_urls.clear()
                 for result in batch:
@@ -232,11 +231,6 @@ class PageStore:
                             await self._write(conn, [result], outcome)
                     except ROW_ERRORS as exc:
                         outcome.rejected.append(rejection(result, f"refused by the database: {exc}"))
-                    except binascii.Error as exc:
-                        # Found while writing rather than checked up front: checking costs as much as decoding.
-                        outcome.rejected.append(
-                            rejection(result, f"malformed result: a packed field is not base64 ({exc})")
-                        )
             if outcome.rejected:
                 await fail_jobs(conn, outcome.rejected)
         rejected = {r.job_id for r in outcome.rejected}
@@ -296,23 +290,23 @@ class PageStore:
             bodies: dict[bytes, bytes] = {}
             rows = []
             for r in to_store:
-                html_packed = unpack(r.html_packed or "")
+                html_packed = r.html_packed or b""
                 digest = bytes.fromhex(r.content_hash) if r.content_hash else b""
                 bodies.setdefault(digest, html_packed)
                 url = r.final_url or r.url
                 rows.append((
                     page_of[r.job_id][0], r.job_id, r.url, domain_of(url), r.final_url, r.status_code,
-                    r.headers, r.title, _unpack(r.text_packed), _unpack(r.markdown_packed), r.links, r.metadata, digest,
+                    r.headers, r.title, r.text_packed, r.markdown_packed, r.links, r.metadata, digest,
                     (r.render_used or r.render).value, r.render_reason, r.finished_at,
                 ))  # fmt: skip
             await conn.execute(_INSERT_BODIES, list(bodies), list(bodies.values()), [len(b) for b in bodies.values()])
             await conn.copy_records_to_table("pages", records=rows, columns=PAGE_COLUMNS)
             captures = [
-                (page_of[r.job_id][0], page_of[r.job_id][1], kind, content_type, base64.b64decode(data))
+                (page_of[r.job_id][0], page_of[r.job_id][1], kind, content_type, data)
                 for r in to_store
                 for kind, content_type, data in (
-                    ("screenshot", r.screenshot_type, r.screenshot_b64),
-                    ("pdf", "application/pdf", r.pdf_b64),
+                    ("screenshot", r.screenshot_type, r.screenshot),
+                    ("pdf", "application/pdf", r.pdf),
                 )
                 if data
             ]
@@ -399,10 +393,6 @@ class PageStore:
                 "DELETE FROM bodies b WHERE NOT EXISTS (SELECT 1 FROM pages p WHERE p.content_hash = b.content_hash)"
             )
         return {"jobs": int(jobs.split()[-1]), "bodies": int(bodies.split()[-1])}
-
-
-def _unpack(packed: str | None) -> bytes | None:
-    return None if packed is None else unpack(packed)
 
 
 def page_record(row: asyncpg.Record) -> dict[str, Any]:

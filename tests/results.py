@@ -6,7 +6,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from shared.codecs import content_hash, pack
+from shared.codecs import compress, content_hash
 from shared.queues import Render, ScrapeResult
 
 
@@ -32,10 +32,10 @@ def make_result(
             "status_code": 200,
             "headers": {"Content-Type": "text/html"},
             "title": "t",
-            "text_packed": pack(b"hello"),
+            "text_packed": compress(b"hello"),
             "links": [],
             "metadata": {"title": "t"},
-            "html_packed": pack(raw),
+            "html_packed": compress(raw),
             "content_hash": content_hash(raw).hex(),
         }
     else:

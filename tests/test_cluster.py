@@ -4,6 +4,7 @@ Chromium, scraping the local test website."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import uuid
 from collections.abc import AsyncIterator, Iterator
 
@@ -11,10 +12,21 @@ import aiohttp
 import asyncpg
 import orjson
 import pytest
+from arq.connections import create_pool
 from redis.asyncio import Redis
 
 from shared.codecs import decompress
-from shared.queues import SCRAPE_PAGES, STORE_RESULTS, ScrapeRequest, create_queue_pool, enqueue_scrape, loads
+from shared.queues import (
+    SCRAPE_PAGES,
+    STORE_RESULTS,
+    ScrapeRequest,
+    ScrapeResult,
+    create_queue_pool,
+    dumps,
+    enqueue_scrape,
+    loads,
+    redis_settings,
+)
 from shared.settings import Settings
 from tests.cluster import TRAWL, cluster_env, start_trawl_up, stop_trawl_up, submit, wait_for_job, wait_until_up
 from tests.conftest import free_port
@@ -191,16 +203,44 @@ async def test_malformed_result_on_the_store_queue_fails_its_job_and_spares_the_
     try:
         await queue.enqueue_job(
             "store_results",
-            {"results": [{"job_id": str(bad_id), "url": "http://x.test/", "outcome": "maybe"},
-                         good.model_dump(mode="json")]},
+            {"results": [{"job_id": str(bad_id), "url": "http://x.test/", "outcome": "maybe"}, good.model_dump()]},
             _queue_name="trawl:store",
-        )  # fmt: skip
+        )
     finally:
         await queue.aclose()
     bad = await wait_for_job(gateway, str(bad_id))
     assert bad["status"] == "failed" and "malformed result" in bad["error"] and "outcome" in bad["error"]
     assert (await wait_for_job(gateway, str(good.job_id)))["status"] == "succeeded"
     assert await pg.fetchval("SELECT count(*) FROM pages WHERE job_id = $1", good.job_id) == 1
+
+
+async def test_store_jobs_travel_as_msgpack_and_json_producers_send_base64(
+    cluster: Settings, gateway: aiohttp.ClientSession, pg: asyncpg.Pool
+) -> None:
+    """trawl's own store jobs carry bytes as bytes (msgpack); a producer writing JSON sends them base64-encoded,
+    and a field that is neither fails its own result with the field named."""
+    ours = make_result(f"http://ours-{uuid.uuid4().hex[:6]}.test/")
+    raw = dumps({"f": STORE_RESULTS, "a": [{"results": [ours.model_dump()]}], "k": {}, "t": 1, "et": 0})
+    assert raw[:1] not in (b"{", b"[") and loads(raw)["a"][0]["results"][0]["html_packed"] == ours.html_packed
+
+    def as_json(result: ScrapeResult) -> dict[str, object]:
+        fields = result.model_dump(mode="json", exclude={"html_packed", "text_packed"})
+        return fields | {
+            k: base64.b64encode(getattr(result, k) or b"").decode() for k in ("html_packed", "text_packed")
+        }
+
+    theirs = make_result(f"http://theirs-{uuid.uuid4().hex[:6]}.test/")
+    garbled = as_json(make_result(f"http://garbled-{uuid.uuid4().hex[:6]}.test/")) | {"text_packed": "not base64!"}
+    queue = await create_pool(redis_settings(cluster), job_serializer=orjson.dumps)
+    try:
+        await queue.enqueue_job("store_results", {"results": [as_json(theirs), garbled]}, _queue_name="trawl:store")
+    finally:
+        await queue.aclose()
+    assert (await wait_for_job(gateway, str(theirs.job_id)))["status"] == "succeeded"
+    async with gateway.get(f"/v1/jobs/{theirs.job_id}/result") as resp:
+        assert (await resp.json())["text"] == "hello"
+    bad = await wait_for_job(gateway, str(garbled["job_id"]))
+    assert bad["status"] == "failed" and "text_packed" in bad["error"] and "base64" in bad["error"], bad
 
 
 async def test_batch_is_scraped_stored_and_reported(

@@ -4,7 +4,6 @@ retries, robots, hostile pages, isolation, and a browser pool that survives cras
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import io
 import os
@@ -67,10 +66,10 @@ async def test_screenshot_fits_its_target_and_pdf_is_a_pdf(deps: Deps, site: Loc
     )
     assert result.outcome == "succeeded", result.error
     assert result.render_used == "browser" and result.screenshot_type == "image/webp"
-    shot = base64.b64decode(result.screenshot_b64 or "")
+    shot = result.screenshot or b""
     assert 0 < len(shot) <= 30 * 1024
     assert Image.open(io.BytesIO(shot)).format == "WEBP"
-    assert base64.b64decode(result.pdf_b64 or "").startswith(b"%PDF")
+    assert (result.pdf or b"").startswith(b"%PDF")
 
 
 async def test_wait_for_a_selector_and_its_timeout(deps: Deps, site: LocalSite) -> None:

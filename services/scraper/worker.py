@@ -4,7 +4,6 @@ hands the results to storage in groups."""
 from __future__ import annotations
 
 import asyncio
-import base64
 import logging
 import random
 import time
@@ -26,7 +25,7 @@ from redis.exceptions import RedisError
 
 from services.scraper.fetch import Fetched, browser_reason, fetch_http, render_browser
 from shared.browser import BrowserPool
-from shared.codecs import content_hash, pack
+from shared.codecs import compress, content_hash
 from shared.db import create_db_pool
 from shared.errors import RobotsDisallowed, ScrapeError
 from shared.extract import Extracted, extract, to_markdown
@@ -142,23 +141,23 @@ def _read(request: ScrapeRequest, fetched: Fetched, page: Extracted) -> dict[str
         "status_code": fetched.status_code,
         "headers": fetched.headers,
         "title": page.title,
-        "html_packed": pack(raw),
+        "html_packed": compress(raw),
         "content_hash": content_hash(raw).hex(),
     }
     wanted = set(request.formats)
     if Format.TEXT in wanted:
-        fields["text_packed"] = pack(page.text.encode())
+        fields["text_packed"] = compress(page.text.encode())
     if Format.LINKS in wanted:
         fields["links"] = page.links
     if Format.METADATA in wanted:
         fields["metadata"] = page.metadata
     if Format.MARKDOWN in wanted:
-        fields["markdown_packed"] = pack(to_markdown(fetched.html).encode())
+        fields["markdown_packed"] = compress(to_markdown(fetched.html).encode())
     if fetched.screenshot is not None:
-        fields["screenshot_b64"] = base64.b64encode(fetched.screenshot).decode("ascii")
+        fields["screenshot"] = fetched.screenshot
         fields["screenshot_type"] = fetched.screenshot_type
     if fetched.pdf is not None:
-        fields["pdf_b64"] = base64.b64encode(fetched.pdf).decode("ascii")
+        fields["pdf"] = fetched.pdf
     return fields
 
 
