@@ -2,6 +2,8 @@
 
 Services never import each other; they meet here. Payloads travel as JSON (orjson), never pickle (arq's default),
 because outside producers push jobs too and unpickling whatever sits in Redis would run whatever sits in Redis.
+Store jobs, which carry compressed pages from the scrapers to storage, travel as msgpack (data, like JSON, never
+code), so their bytes need no base64; ``loads`` reads either.
 
 An outside producer in Python enqueues a page like this::
 
