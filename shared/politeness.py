@@ -137,9 +137,9 @@ class DomainGate:
     earliest ms the next request may start. A process that dies while holding a slot frees it when its lease runs
     out, so ``lease_s`` must exceed the longest request. Waiters poll; one turned away by the limit is registered as
     waiting, and a newcomer does not take a freed slot ahead of the registered waiters (among them, whoever asks
-    first after a release wins). Where no delay is asked for, a slot is handed from one page
-    to the next page waiting for the domain in the same process (for ``HANDOFF_S`` at most) without going back to
-    Redis: the number of holders is what the limit counts, and that never changes hands.
+    first after a release wins). Where no delay is asked for, a slot is handed from one page to the next page
+    waiting for the domain in the same process (for ``HANDOFF_S`` at most) without going back to Redis: the number
+    of holders is what the limit counts, and a hand-off does not change it.
     """
 
     def __init__(
