@@ -28,7 +28,9 @@ def _meta(tree: LexborHTMLParser, selector: str) -> str | None:
     return value.strip() if value else None
 
 
-def extract(html: str, base_url: str, *, text: bool = True, links: bool = True, metadata: bool = True) -> Extracted:
+def extract(
+    html: str | bytes, base_url: str, *, text: bool = True, links: bool = True, metadata: bool = True
+) -> Extracted:
     """Read a page; only the parts asked for are computed (links cost a URL join each, on the hot path)."""
     tree = LexborHTMLParser(html)
     title_node = tree.css_first("title")

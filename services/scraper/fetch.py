@@ -4,6 +4,7 @@ for ``render: auto`` whether a page needs the browser at all."""
 from __future__ import annotations
 
 import asyncio
+import codecs
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -32,6 +33,7 @@ from shared.queues import Format, ScrapeRequest
 _TEXTUAL = ("text/", "application/xhtml+xml", "application/xml", "application/json", "application/ld+json")
 _META_CHARSET = re.compile(rb"""<meta[^>]+charset\s*=\s*["']?\s*([a-zA-Z0-9_.:-]+)""", re.IGNORECASE)
 _SPA_ROOT = re.compile(r"""<div[^>]+id\s*=\s*["']?(root|app|__next|__nuxt|svelte)["']?[^>]*>\s*</div>""", re.IGNORECASE)
+_SCRIPT_TAG = re.compile(r"<script", re.IGNORECASE)
 _NOSCRIPT_HINT = re.compile(r"<noscript[^>]*>[^<]*(enable|requires?)\s+javascript", re.IGNORECASE)
 _SERIALIZE = (
     "(document.doctype ? new XMLSerializer().serializeToString(document.doctype) : '')"
@@ -47,6 +49,9 @@ class Fetched:
     status_code: int
     headers: dict[str, str]
     html: str
+    # ``html`` as UTF-8 bytes when the body arrived as exactly that, so it is not encoded again for hashing and
+    # compression (most pages are UTF-8).
+    raw: bytes | None = None
     screenshot: bytes | None = None
     screenshot_type: str | None = None
     pdf: bytes | None = None
@@ -66,22 +71,23 @@ def retry_after_s(value: str | None) -> float | None:
         return None
 
 
-def decode_body(body: bytes, declared: str | None) -> str:
-    """Text from a body: the declared charset, else a ``<meta charset>``, else detection; bytes that are text in
-    no charset (binary served as HTML) are refused rather than stored as garbage."""
+def decode_body(body: bytes, declared: str | None) -> tuple[str, str]:
+    """Text from a body, and the codec that read it: the declared charset, else a ``<meta charset>``, else
+    detection; bytes that are text in no charset (binary served as HTML) are refused rather than stored as
+    garbage."""
     candidates = [declared] if declared else []
     if match := _META_CHARSET.search(body[:4096]):
         candidates.append(match.group(1).decode("ascii", "replace"))
     candidates.append("utf-8")
     for charset in candidates:
         try:
-            return body.decode(charset)
+            return body.decode(charset), codecs.lookup(charset).name
         except (LookupError, UnicodeDecodeError):
             continue
     best = from_bytes(body[:200_000]).best()
     if best is None or best.encoding is None:
         raise NotAPage("the body is not text in any known charset")
-    return body.decode(best.encoding, errors="replace")
+    return body.decode(best.encoding, errors="replace"), "replaced"
 
 
 async def fetch_http(
@@ -107,7 +113,8 @@ async def fetch_http(
                     raise BodyTooLarge(f"body is over the {max_body}-byte cap")
                 chunks.append(chunk)
             body = b"".join(chunks)
-            return Fetched(str(resp.url), resp.status, dict(resp.headers), decode_body(body, resp.charset))
+            html, codec = decode_body(body, resp.charset)
+            return Fetched(str(resp.url), resp.status, dict(resp.headers), html, raw=body if codec == "utf-8" else None)
     except TimeoutError as exc:
         raise FetchTimeout(f"no complete answer from {url} within {timeout_s:.3g} s") from exc
     except aiohttp.TooManyRedirects as exc:
@@ -176,6 +183,6 @@ def browser_reason(html: str, page: Extracted) -> str | None:
         return f"an empty application root and only {text_len} characters of text"
     if _NOSCRIPT_HINT.search(html):
         return "the page says it needs JavaScript"
-    if text_len < _THIN_TEXT and "<script" in html.lower():
+    if text_len < _THIN_TEXT and _SCRIPT_TAG.search(html):
         return f"only {text_len} characters of text and scripts that may write the rest"
     return None
