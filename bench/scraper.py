@@ -20,14 +20,14 @@ from contextlib import AsyncExitStack, contextmanager
 from dataclasses import dataclass
 
 import aiohttp
+from playwright.async_api import async_playwright
 
-from bench.baselines import bare_aiohttp, bare_playwright
+from bench.baselines import bare_aiohttp, bare_playwright, benchmark_chromium
 from bench.common import backends, machine
 from bench.cpu import CpuLedger
 from bench.memory import TreeSampler
 from bench.site import page_urls, site_process
 from services.scraper.worker import Deps, open_deps, scrape_one
-from shared.browser import find_browser
 from shared.queues import ScrapeRequest, create_queue_pool
 from shared.settings import Settings
 
@@ -78,8 +78,8 @@ class Cluster:
 
 
 @contextmanager
-def cluster(settings: Settings, env_extra: dict[str, str], scrapers: int = 1) -> Iterator[Cluster]:
-    """Gateway, storage and ``scrapers`` scraper processes, as ``trawl up`` runs them."""
+def cluster(settings: Settings, env_extra: dict[str, str]) -> Iterator[Cluster]:
+    """Gateway, scraper and storage as separate processes, as ``trawl up`` runs them."""
     ports = {name: _free_port() for name in ("gateway", "scraper", "storage", "archival", "metrics")}
     env = {
         **os.environ,
@@ -93,12 +93,6 @@ def cluster(settings: Settings, env_extra: dict[str, str], scrapers: int = 1) ->
         name: subprocess.Popen([sys.executable, "-m", f"services.{name}"], env=env)
         for name in ("storage", "scraper", "gateway")
     }
-    for n in range(1, scrapers):
-        port = _free_port()
-        procs[f"scraper-{n}"] = subprocess.Popen(
-            [sys.executable, "-m", "services.scraper"], env=env | {"TRAWL_SCRAPER_PORT": str(port)}
-        )
-        ports[f"scraper-{n}"] = port
     try:
         deadline = time.monotonic() + 60
         for name in procs:
@@ -161,7 +155,9 @@ def _window_rss(sampler: TreeSampler, progress: list[tuple[float, int]], lo: int
 async def main() -> None:
     mb = 2**20
     print(f"scraper benchmark: {HTTP_PAGES} http pages, {BROWSER_PAGES} browser pages; {machine()}")
-    print(f"Chromium for trawl and bare Playwright: {find_browser(Settings().browser_path, None)}")
+    async with async_playwright() as driver:  # the same lookup the baseline and the pool make
+        chromium = benchmark_chromium(driver) or driver.chromium.executable_path
+    print(f"Chromium for trawl and bare Playwright: {chromium}")
     http_end = 2 * HTTP_PAGES
     with site_process(http_end + 800 + 2 * BROWSER_PAGES) as base, backends() as settings:
         settings = settings.model_copy(

@@ -49,9 +49,9 @@ class Fetched:
     status_code: int
     headers: dict[str, str]
     html: str
-    # ``html`` as UTF-8 bytes when the body arrived as exactly that, so it is not encoded again for hashing and
-    # compression (most pages are UTF-8).
-    raw: bytes | None = None
+    # ``html`` as UTF-8, encoded once for parsing, hashing and compression: for a UTF-8 body (most pages), the
+    # bytes that arrived.
+    html_utf8: bytes
     screenshot: bytes | None = None
     screenshot_type: str | None = None
     pdf: bytes | None = None
@@ -114,7 +114,8 @@ async def fetch_http(
                 chunks.append(chunk)
             body = b"".join(chunks)
             html, codec = decode_body(body, resp.charset)
-            return Fetched(str(resp.url), resp.status, dict(resp.headers), html, raw=body if codec == "utf-8" else None)
+            utf8 = body if codec == "utf-8" else html.encode()
+            return Fetched(str(resp.url), resp.status, dict(resp.headers), html, utf8)
     except TimeoutError as exc:
         raise FetchTimeout(f"no complete answer from {url} within {timeout_s:.3g} s") from exc
     except aiohttp.TooManyRedirects as exc:
@@ -152,7 +153,7 @@ async def render_browser(pool: BrowserPool, request: ScrapeRequest, max_body: in
             html = await page.evaluate(_SERIALIZE)
             if len(html) > max_body:
                 raise BodyTooLarge(f"the rendered page is over the {max_body}-byte cap")
-            fetched = Fetched(page.url, response.status, response.headers, html)
+            fetched = Fetched(page.url, response.status, response.headers, html, html.encode())
             if Format.SCREENSHOT in request.formats:
                 png = await page.screenshot(full_page=request.full_page, type="png", timeout=timeout_ms)
                 shot = await asyncio.to_thread(

@@ -135,7 +135,7 @@ async def _reject(deps: Deps, payload: Any, exc: ValidationError) -> None:
 
 def _read(request: ScrapeRequest, fetched: Fetched, page: Extracted) -> dict[str, Any]:
     """The result fields the request's formats ask for (bodies are always kept, for reads and dedupe)."""
-    raw = fetched.raw if fetched.raw is not None else fetched.html.encode()
+    raw = fetched.html_utf8
     fields: dict[str, Any] = {
         "final_url": fetched.final_url,
         "status_code": fetched.status_code,
@@ -188,7 +188,7 @@ async def _attempt(deps: Deps, request: ScrapeRequest, budget_s: float) -> tuple
 def _extract(request: ScrapeRequest, fetched: Fetched) -> Extracted:
     wanted = set(request.formats)
     return extract(
-        fetched.raw if fetched.raw is not None else fetched.html,  # UTF-8 bytes spare the parser an encode
+        fetched.html_utf8,
         fetched.final_url,
         # auto decides on the amount of text, so it always reads it
         text=Format.TEXT in wanted or request.render is Render.AUTO,
