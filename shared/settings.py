@@ -78,6 +78,9 @@ class Settings(BaseSettings):
 
     # arq queue behaviour.
     queue_poll_delay_s: float = Field(0.1, gt=0, le=5)
+    # A running job's claim on the queue, renewed while its worker lives: a job whose worker died (killed, out of
+    # memory, host lost) is run again by another worker after at most this long.
+    job_lease_s: float = Field(30.0, ge=1, le=600)
 
     # ``trawl up``: where embedded PostgreSQL and Valkey keep their data.
     data_dir: Path = Path(".trawl")

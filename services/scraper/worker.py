@@ -55,8 +55,8 @@ RETRIES = Counter("trawl_scrape_retries_total", "Fetch attempts repeated after a
 REJECTED = Counter("trawl_scrape_rejected_total", "Scrape requests that failed validation")
 
 # A request's own budget is capped at 120 s (ScrapeOptions); arq's is longer so that ours fires first and the job
-# ends with a reason. It also sets how soon a job whose worker died is re-run (this + 10 s). A batch job runs its
-# pages concurrently, but a large batch on a slow site can queue behind the per-domain limit, hence the margin.
+# ends with a reason. A batch job runs its pages concurrently, but a large batch on a slow site can queue behind the
+# per-domain limit, hence the margin. (A job whose worker died is run again after the job lease, not this.)
 JOB_TIMEOUT_S = 600
 # Results go to storage in groups of this many, or after this long: one queue job per group, not per page.
 STORE_GROUP = 25
