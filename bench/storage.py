@@ -15,7 +15,7 @@ from services.storage.batcher import BatchWriter
 from shared.cache import PageCache
 from shared.codecs import compress
 from shared.db import create_db_pool
-from shared.pages import PAGE_COLUMNS, PageStore, domain_of
+from shared.pages import PAGE_COLUMNS, PageStore, page_row
 from shared.queues import ScrapeResult
 from tests.results import make_result
 
@@ -50,12 +50,7 @@ def make_results(n: int, seed: int = 7) -> list[ScrapeResult]:
 
 
 def page_rows(results: list[ScrapeResult], first_id: int) -> list[tuple[Any, ...]]:
-    return [
-        (first_id + n, r.job_id, r.url, domain_of(r.url), r.final_url, r.status_code, r.headers, r.title,
-         r.text_packed, r.markdown_packed, r.links, r.metadata,
-         bytes.fromhex(r.content_hash or ""), r.render.value, None, r.finished_at)
-        for n, r in enumerate(results)
-    ]  # fmt: skip
+    return [page_row(r, first_id + n) for n, r in enumerate(results)]
 
 
 async def _mark_running(pool: Any, results: list[ScrapeResult]) -> None:

@@ -33,6 +33,8 @@ PAGE_COLUMNS = (
     "links", "metadata", "content_hash", "render", "render_reason", "fetched_at",
 )  # fmt: skip
 CAPTURE_COLUMNS = ("page_id", "fetched_at", "kind", "content_type", "data")
+_HASH_AT = PAGE_COLUMNS.index("content_hash")
+
 
 # Closing a job is guarded by its state, so a replayed store job (arq re-runs jobs after a crash) changes nothing
 # and stores no second page. An UPDATE, not an upsert: every job normally has its ledger row already (the gateway
@@ -119,6 +121,15 @@ def domain_of(url: str) -> str:
     if host.startswith("["):
         return host[1 : host.find("]")].lower()
     return host.partition(":")[0].lower()
+
+
+def page_row(r: ScrapeResult, page_id: int) -> tuple[Any, ...]:
+    """A succeeded result as its ``pages`` row, in ``PAGE_COLUMNS`` order."""
+    return (
+        page_id, r.job_id, r.url, domain_of(r.final_url or r.url), r.final_url, r.status_code, r.headers, r.title,
+        r.text_packed, r.markdown_packed, r.links, r.metadata, bytes.fromhex(r.content_hash or ""),
+        (r.render_used or r.render).value, r.render_reason, r.finished_at,
+    )  # fmt: skip
 
 
 async def fail_jobs(db: asyncpg.Pool | asyncpg.Connection, rejected: Sequence[Rejection]) -> None:
@@ -290,15 +301,9 @@ class PageStore:
             bodies: dict[bytes, bytes] = {}
             rows = []
             for r in to_store:
-                html_packed = r.html_packed or b""
-                digest = bytes.fromhex(r.content_hash) if r.content_hash else b""
-                bodies.setdefault(digest, html_packed)
-                url = r.final_url or r.url
-                rows.append((
-                    page_of[r.job_id][0], r.job_id, r.url, domain_of(url), r.final_url, r.status_code,
-                    r.headers, r.title, r.text_packed, r.markdown_packed, r.links, r.metadata, digest,
-                    (r.render_used or r.render).value, r.render_reason, r.finished_at,
-                ))  # fmt: skip
+                row = page_row(r, page_of[r.job_id][0])
+                bodies.setdefault(row[_HASH_AT], r.html_packed or b"")
+                rows.append(row)
             await conn.execute(_INSERT_BODIES, list(bodies), list(bodies.values()), [len(b) for b in bodies.values()])
             await conn.copy_records_to_table("pages", records=rows, columns=PAGE_COLUMNS)
             captures = [
