@@ -11,12 +11,9 @@ import asyncio
 import contextlib
 import os
 import socket
-import subprocess
-import sys
 import time
-import urllib.request
-from collections.abc import AsyncIterator, Iterator
-from contextlib import AsyncExitStack, contextmanager
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
 from dataclasses import dataclass
 
 import aiohttp
@@ -28,6 +25,7 @@ from bench.cpu import CpuLedger
 from bench.memory import TreeSampler
 from bench.site import page_urls, site_process
 from services.scraper.worker import Deps, open_deps, scrape_one
+from shared.cluster import service_ports, started_services
 from shared.queues import ScrapeRequest, create_queue_pool
 from shared.settings import Settings
 
@@ -77,42 +75,22 @@ class Cluster:
     scraper_pid: int
 
 
-@contextmanager
-def cluster(settings: Settings, env_extra: dict[str, str]) -> Iterator[Cluster]:
-    """Gateway, scraper and storage as separate processes, as ``trawl up`` runs them."""
-    ports = {name: _free_port() for name in ("gateway", "scraper", "storage", "archival", "metrics")}
+@contextlib.asynccontextmanager
+async def cluster(settings: Settings, env_extra: dict[str, str]) -> AsyncIterator[Cluster]:
+    """Gateway, scraper and storage as separate processes, started as ``trawl up`` starts them."""
+    settings = settings.model_copy(
+        update={f"{n}_port": _free_port() for n in ("gateway", "scraper", "storage", "archival", "metrics")}
+    )
     env = {
         **os.environ,
         "DATABASE_URL": settings.database_url,
         "REDIS_URL": settings.redis_url,
         "TRAWL_LOG_LEVEL": "WARNING",
-        **{f"TRAWL_{n.upper()}_PORT": str(p) for n, p in ports.items()},
+        **{f"TRAWL_{n.upper()}_PORT": str(p) for n, p in service_ports(settings).items()},
         **env_extra,
     }
-    procs = {
-        name: subprocess.Popen([sys.executable, "-m", f"services.{name}"], env=env)
-        for name in ("storage", "scraper", "gateway")
-    }
-    try:
-        deadline = time.monotonic() + 60
-        for name in procs:
-            while True:
-                try:
-                    urllib.request.urlopen(f"http://127.0.0.1:{ports[name]}/healthz", timeout=2).read()
-                    break
-                except OSError:
-                    if time.monotonic() > deadline:
-                        raise
-                    time.sleep(0.1)
-        yield Cluster(f"http://127.0.0.1:{ports['gateway']}", procs["scraper"].pid)
-    finally:
-        for proc in procs.values():
-            proc.terminate()
-        for proc in procs.values():
-            try:
-                proc.wait(timeout=40)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+    async with started_services(("storage", "scraper", "gateway"), env, settings, startup_timeout=60) as procs:
+        yield Cluster(f"http://{settings.host}:{settings.gateway_port}", procs["scraper"].pid)
 
 
 async def end_to_end(
@@ -183,7 +161,7 @@ async def main() -> None:
             "TRAWL_HTTP_CONCURRENCY": str(HTTP_CONCURRENCY),
             "TRAWL_BROWSER_CONCURRENCY": str(BROWSER_CONCURRENCY),
         }
-        with cluster(settings, env) as running:
+        async with cluster(settings, env) as running:
             figures["trawl http, end to end (c=8)"], _ = await end_to_end(
                 running.gateway, page_urls(base, HTTP_PAGES, first=HTTP_PAGES), "http"
             )

@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -176,17 +176,22 @@ async def _stop(procs: dict[str, asyncio.subprocess.Process]) -> None:
         _signal_group(proc, signal.SIGKILL)
 
 
-async def run_services(settings: Settings, backends: Backends, startup_timeout: float = 90) -> int:
-    env = {**os.environ, "DATABASE_URL": backends.database_url, "REDIS_URL": backends.redis_url}
+class ServicesFailed(RuntimeError):
+    """Services that exited or did not answer /healthz within the startup timeout."""
+
+
+@contextlib.asynccontextmanager
+async def started_services(
+    names: Sequence[str], env: dict[str, str], settings: Settings, startup_timeout: float = 90
+) -> AsyncIterator[dict[str, asyncio.subprocess.Process]]:
+    """Start ``python -m services.<name>`` for each name, each in a process group of its own with its output
+    prefixed by its name; yield once every one answers /healthz; stop them all (drained, in ``STOP_ORDER``) on
+    exit. ``trawl up`` and the benchmark both start services here."""
     ports = service_ports(settings)
     procs: dict[str, asyncio.subprocess.Process] = {}
     pumps: list[asyncio.Task[None]] = []
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
     try:
-        for name in SERVICES:
+        for name in names:
             proc = await asyncio.create_subprocess_exec(
                 sys.executable,
                 "-m",
@@ -202,34 +207,47 @@ async def run_services(settings: Settings, backends: Backends, startup_timeout: 
 
         deadline = time.monotonic() + startup_timeout
         healthy = await asyncio.gather(
-            *(_wait_healthy(f"http://{settings.host}:{ports[n]}/healthz", procs[n], deadline) for n in SERVICES)
+            *(_wait_healthy(f"http://{settings.host}:{ports[n]}/healthz", procs[n], deadline) for n in names)
         )
-        failed = [n for n, ok in zip(SERVICES, healthy, strict=True) if not ok]
-        if failed:
-            print(f"trawl: {', '.join(failed)} did not become healthy; stopping", file=sys.stderr)
-            return 1
-
-        print("\ntrawl is up:")
-        for name in SERVICES:
-            print(f"  {name:<9} http://{settings.host}:{ports[name]}  (pid {procs[name].pid})")
-        print(f"  postgres  {backends.database_url}")
-        print(f"  redis     {backends.redis_url}")
-        print("Submit with: trawl submit https://example.com/ --wait     Stop with Ctrl-C\n", flush=True)
-
-        died = asyncio.create_task(_first_exit(procs))
-        stopping = asyncio.create_task(stop.wait())
-        done, _ = await asyncio.wait({died, stopping}, return_when=asyncio.FIRST_COMPLETED)
-        for task in (died, stopping):
-            task.cancel()
-        if died in done:
-            name = died.result()
-            print(f"trawl: {name} exited with code {procs[name].returncode}; stopping", file=sys.stderr)
-            return 1
-        print("trawl: stopping…", flush=True)
-        return 0
+        if failed := [n for n, ok in zip(names, healthy, strict=True) if not ok]:
+            raise ServicesFailed(f"{', '.join(failed)} did not become healthy")
+        yield procs
     finally:
         await _stop(procs)
         await asyncio.gather(*pumps, return_exceptions=True)
+
+
+async def run_services(settings: Settings, backends: Backends, startup_timeout: float = 90) -> int:
+    env = {**os.environ, "DATABASE_URL": backends.database_url, "REDIS_URL": backends.redis_url}
+    ports = service_ports(settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        async with started_services(SERVICES, env, settings, startup_timeout) as procs:
+            print("\ntrawl is up:")
+            for name in SERVICES:
+                print(f"  {name:<9} http://{settings.host}:{ports[name]}  (pid {procs[name].pid})")
+            print(f"  postgres  {backends.database_url}")
+            print(f"  redis     {backends.redis_url}")
+            print("Submit with: trawl submit https://example.com/ --wait     Stop with Ctrl-C\n", flush=True)
+
+            died = asyncio.create_task(_first_exit(procs))
+            stopping = asyncio.create_task(stop.wait())
+            done, _ = await asyncio.wait({died, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            for task in (died, stopping):
+                task.cancel()
+            if died in done:
+                name = died.result()
+                print(f"trawl: {name} exited with code {procs[name].returncode}; stopping", file=sys.stderr)
+                return 1
+            print("trawl: stopping…", flush=True)
+            return 0
+    except ServicesFailed as exc:
+        print(f"trawl: {exc}", file=sys.stderr)
+        return 1
+    finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
         print("trawl: stopped", flush=True)
