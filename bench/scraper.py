@@ -94,7 +94,11 @@ async def cluster(settings: Settings, env_extra: dict[str, str]) -> AsyncIterato
 
 
 async def end_to_end(
-    gateway: str, urls: list[str], render: str, sampler: TreeSampler | None = None
+    gateway: str,
+    urls: list[str],
+    render: str,
+    sampler: TreeSampler | None = None,
+    formats: tuple[str, ...] = ("text",),
 ) -> tuple[float, list[tuple[float, int]]]:
     """Submit ``urls`` as one batch and wait until every page is stored. Returns pages/s and the progress seen
     over time (monotonic time, pages done)."""
@@ -103,7 +107,7 @@ async def end_to_end(
     async with aiohttp.ClientSession(base_url=gateway) as session:
         cpu.start()
         t0 = time.perf_counter()
-        async with session.post("/v1/batches", json={"urls": urls, "render": render, "formats": ["text"]}) as resp:
+        async with session.post("/v1/batches", json={"urls": urls, "render": render, "formats": formats}) as resp:
             batch = await resp.json()
             assert resp.status == 202, batch
         while True:
@@ -116,7 +120,7 @@ async def end_to_end(
             if state["status"] == "done":
                 elapsed = time.perf_counter() - t0
                 cpu.stop()
-                print(f"  {render} end to end, {len(urls)} pages: {cpu.per_page_ms(len(urls))}")
+                print(f"  {render} end to end, {'+'.join(formats)}, {len(urls)} pages: {cpu.per_page_ms(len(urls))}")
                 assert state["counts"]["failed"] == 0, state
                 return len(urls) / elapsed, progress
             await asyncio.sleep(0.1)
@@ -136,7 +140,7 @@ async def main() -> None:
     async with async_playwright() as driver:  # the same lookup the baseline and the pool make
         chromium = benchmark_chromium(driver) or driver.chromium.executable_path
     print(f"Chromium for trawl and bare Playwright: {chromium}")
-    http_end = 2 * HTTP_PAGES
+    http_end = 3 * HTTP_PAGES
     with site_process(http_end + 800 + 2 * BROWSER_PAGES) as base, backends() as settings:
         settings = settings.model_copy(
             update={
@@ -164,6 +168,10 @@ async def main() -> None:
         async with cluster(settings, env) as running:
             figures["trawl http, end to end (c=8)"], _ = await end_to_end(
                 running.gateway, page_urls(base, HTTP_PAGES, first=HTTP_PAGES), "http"
+            )
+            # The same with the HTML asked for too, so its body is compressed, sent and kept as well.
+            figures["trawl http, end to end, html+text (c=8)"], _ = await end_to_end(
+                running.gateway, page_urls(base, HTTP_PAGES, first=2 * HTTP_PAGES), "http", formats=("html", "text")
             )
             figures["trawl browser, end to end (c=4)"], _ = await end_to_end(
                 running.gateway, page_urls(base, len(browser_urls), first=http_end + len(browser_urls)), "browser"

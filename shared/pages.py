@@ -16,7 +16,7 @@ from typing import Any
 import asyncpg
 
 from shared.codecs import decompress
-from shared.queues import ScrapeResult
+from shared.queues import BODY_FORMATS, ScrapeResult
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +30,7 @@ CONNECTION_ERRORS = (OSError, asyncpg.PostgresConnectionError, asyncpg.Interface
 
 PAGE_COLUMNS = (
     "id", "job_id", "url", "domain", "final_url", "status_code", "headers", "title", "text_packed", "markdown_packed",
-    "links", "metadata", "content_hash", "render", "render_reason", "fetched_at",
+    "links", "metadata", "content_hash", "render", "render_reason", "fetched_at", "formats",
 )  # fmt: skip
 CAPTURE_COLUMNS = ("page_id", "fetched_at", "kind", "content_type", "data")
 _HASH_AT = PAGE_COLUMNS.index("content_hash")
@@ -128,7 +128,7 @@ def page_row(r: ScrapeResult, page_id: int) -> tuple[Any, ...]:
     return (
         page_id, r.job_id, r.url, domain_of(r.final_url or r.url), r.final_url, r.status_code, r.headers, r.title,
         r.text_packed, r.markdown_packed, r.links, r.metadata, bytes.fromhex(r.content_hash or ""),
-        (r.render_used or r.render).value, r.render_reason, r.finished_at,
+        (r.render_used or r.render).value, r.render_reason, r.finished_at, [f.value for f in r.formats],
     )  # fmt: skip
 
 
@@ -202,9 +202,9 @@ class PageStore:
     def _check(self, result: ScrapeResult) -> str | None:
         if result.outcome != "succeeded":
             return None
-        if result.html_packed is None:
+        if result.html_packed is None and result.keeps_body:
             return "result has no body"
-        if len(result.html_packed) > self.max_body_bytes:
+        if result.html_packed is not None and len(result.html_packed) > self.max_body_bytes:
             return f"compressed body is over the {self.max_body_bytes}-byte storage cap"
         return None
 
@@ -302,9 +302,13 @@ class PageStore:
             rows = []
             for r in to_store:
                 row = page_row(r, page_of[r.job_id][0])
-                bodies.setdefault(row[_HASH_AT], r.html_packed or b"")
+                if r.html_packed is not None:  # kept when its job asked for html or raw_html
+                    bodies.setdefault(row[_HASH_AT], r.html_packed)
                 rows.append(row)
-            await conn.execute(_INSERT_BODIES, list(bodies), list(bodies.values()), [len(b) for b in bodies.values()])
+            if bodies:
+                await conn.execute(
+                    _INSERT_BODIES, list(bodies), list(bodies.values()), [len(b) for b in bodies.values()]
+                )
             await conn.copy_records_to_table("pages", records=rows, columns=PAGE_COLUMNS)
             captures = [
                 (page_of[r.job_id][0], page_of[r.job_id][1], kind, content_type, data)
@@ -398,6 +402,17 @@ class PageStore:
                 "DELETE FROM bodies b WHERE NOT EXISTS (SELECT 1 FROM pages p WHERE p.content_hash = b.content_hash)"
             )
         return {"jobs": int(jobs.split()[-1]), "bodies": int(bodies.split()[-1])}
+
+
+def page_formats(page: dict[str, Any]) -> set[str]:
+    """The formats a stored page (a ``page_record``) can answer."""
+    body = {f.value for f in BODY_FORMATS}
+    if page.get("formats") is not None:
+        kept = set(page["formats"])
+        # html and raw_html are both read from the kept body.
+        return kept | body if kept & body else kept
+    # Stored before pages recorded their formats: the body was always kept, the rest if its job asked for it.
+    return body | {name for name in ("text", "markdown", "links", "metadata") if page.get(name)}
 
 
 def page_record(row: asyncpg.Record) -> dict[str, Any]:

@@ -68,6 +68,8 @@ class WaitUntil(StrEnum):
 
 
 DEFAULT_FORMATS = (Format.HTML, Format.TEXT, Format.LINKS, Format.METADATA)
+# A page's HTML body is kept (compressed, deduplicated) only when one of these is asked for.
+BODY_FORMATS = frozenset({Format.HTML, Format.RAW_HTML})
 BROWSER_FORMATS = frozenset({Format.SCREENSHOT, Format.PDF})
 
 
@@ -176,9 +178,10 @@ class ScrapeResult(BaseModel):
     markdown_packed: bytes | None = None
     links: list[str] | None = None
     metadata: dict[str, Any] | None = None
-    # The HTML body, compressed (shared.codecs).
+    # The HTML body, compressed (shared.codecs), when the formats keep it (``keeps_body``).
     html_packed: bytes | None = None
-    # blake2b-128 of the raw HTML, hex: byte-identical bodies are stored once.
+    # blake2b-128 of the raw HTML, hex, kept with every page: byte-identical bodies are stored once, and a
+    # page's changes show without its body.
     content_hash: str | None = Field(None, pattern="^[0-9a-f]{32}$")
     screenshot: bytes | None = None
     screenshot_type: str | None = None
@@ -194,6 +197,10 @@ class ScrapeResult(BaseModel):
             except binascii.Error as exc:
                 raise ValueError(f"not bytes, nor base64 ({exc})") from None
         return v
+
+    @property
+    def keeps_body(self) -> bool:
+        return not BODY_FORMATS.isdisjoint(self.formats)
 
     @property
     def text(self) -> str | None:

@@ -95,6 +95,24 @@ async def test_http_job_is_fetched_read_and_stored(
     assert result["links"] == row["links"]
 
 
+async def test_text_only_job_keeps_the_pages_hash_but_not_its_body(
+    gateway: aiohttp.ClientSession, site: LocalSite, pg: asyncpg.Pool
+) -> None:
+    # A page no other test fetches, so no other job can have kept a body with its hash.
+    job_id = await submit(gateway, url=site.url("/page/4242"), render="http", formats=["text"])
+    job = await wait_for_job(gateway, job_id)
+    assert job["status"] == "succeeded", job
+
+    row = await pg.fetchrow("SELECT * FROM pages WHERE job_id = $1", uuid.UUID(job_id))
+    assert row is not None and row["formats"] == ["text"] and len(row["content_hash"]) == 16
+    assert "Page 4242" in decompress(row["text_packed"]).decode()
+    assert await pg.fetchval("SELECT count(*) FROM bodies WHERE content_hash = $1", row["content_hash"]) == 0
+
+    async with gateway.get(f"/v1/jobs/{job_id}/result") as resp:
+        result = await resp.json()
+    assert resp.status == 200 and "Page 4242" in result["text"] and "html" not in result
+
+
 async def test_browser_job_runs_the_pages_javascript(
     gateway: aiohttp.ClientSession, site: LocalSite, pg: asyncpg.Pool
 ) -> None:

@@ -117,6 +117,37 @@ async def test_max_age_answers_from_a_stored_page_without_scraping(
         await queue.aclose()
 
 
+async def test_max_age_answers_only_from_a_page_read_for_every_format_asked(
+    client: Client, pg: asyncpg.Pool, settings: Settings
+) -> None:
+    url = f"http://text-only-{uuid.uuid4().hex[:8]}.test/"
+    # A page scraped for text alone: no body kept, only its hash.
+    stored = make_result(url, formats=("text",), html_packed=None)
+    await PageStore(pg, 1 << 20).write_batch([stored])
+
+    resp = await client.post("/v1/jobs", json={"url": url, "max_age_s": 3600, "formats": ["text"]})
+    job = await resp.json()
+    assert resp.status == 200 and job["cached"] is True, job
+    result = await (await client.get(f"/v1/jobs/{job['id']}/result")).json()
+    assert result["text"] == "hello" and result["formats"] == ["text"]
+    assert result["content_hash"] == stored.content_hash
+
+    # Its HTML was never kept: a job that asks for it is scraped, not answered with a null.
+    resp = await client.post("/v1/jobs", json={"url": url, "max_age_s": 3600, "formats": ["raw_html", "text"]})
+    queued = await resp.json()
+    assert resp.status == 202 and queued["cached"] is False, queued
+    queue = await create_queue_pool(settings)
+    try:
+        await queue.zrem(SCRAPE_QUEUE, queued["id"])
+    finally:
+        await queue.aclose()
+
+    # Read by id for formats it was not read for: named as null, and its formats say why.
+    page = await (await client.get(f"/v1/pages/{result['id']}", params={"formats": "raw_html,html,text"})).json()
+    assert page["raw_html"] is None and page["html"] is None and page["text"] == "hello"
+    assert page["formats"] == ["text"]
+
+
 async def test_pages_latest_by_url_by_id_and_listing_with_keyset_pagination(client: Client, pg: asyncpg.Pool) -> None:
     domain = f"list-{uuid.uuid4().hex[:8]}.test"
     results = [make_result(f"http://{domain}/{i}", f"<p>{i}</p>", title=f"p{i}") for i in range(5)]

@@ -115,6 +115,28 @@ async def test_bad_rows_fail_alone_and_the_rest_of_the_batch_lands(store: PageSt
     assert stored == 3
 
 
+async def test_body_is_kept_only_for_pages_read_for_html(store: PageStore, pg: asyncpg.Pool) -> None:
+    text_only = make_result(unique_url("text"), "<p>text only</p>", formats=("text",), html_packed=None)
+    with_html = make_result(unique_url("html"), "<p>with html</p>", formats=("raw_html",))
+    missing = make_result(unique_url("missing"), "<p>lost</p>", formats=("html", "text"), html_packed=None)
+    outcome = await store.write_batch([text_only, with_html, missing])
+
+    assert outcome.closed == {text_only.job_id, with_html.job_id}
+    rows = {
+        r["job_id"]: r
+        for r in await pg.fetch(
+            "SELECT job_id, formats, (SELECT count(*) FROM bodies b WHERE b.content_hash = p.content_hash) AS bodies "
+            "FROM pages p WHERE job_id = ANY($1)",
+            [text_only.job_id, with_html.job_id],
+        )
+    }
+    assert rows[text_only.job_id]["formats"] == ["text"] and rows[text_only.job_id]["bodies"] == 0
+    assert rows[with_html.job_id]["formats"] == ["raw_html"] and rows[with_html.job_id]["bodies"] == 1
+    # Asked for html, arrived without it: the job fails with the reason rather than store a page it cannot show.
+    job = await job_row(pg, missing.job_id)
+    assert job["status"] == "failed" and "result has no body" in job["error"]
+
+
 async def test_pages_land_in_month_partitions(store: PageStore, pg: asyncpg.Pool) -> None:
     old = make_result(unique_url("old"), fetched_at=datetime(2024, 2, 29, 23, 59, tzinfo=UTC))
     new = make_result(unique_url("new"), fetched_at=datetime(2024, 3, 1, 0, 0, tzinfo=UTC))

@@ -17,7 +17,8 @@ from services.gateway.problems import invalid, problem
 from services.gateway.state import CACHE, QUEUE, STORE, json_response, path_uuid
 from shared.backends import PG
 from shared.codecs import decompress
-from shared.queues import Format, ScrapeRequest, enqueue_scrape
+from shared.pages import page_formats
+from shared.queues import BODY_FORMATS, Format, ScrapeRequest, enqueue_scrape
 
 JOBS_SUBMITTED = Counter("trawl_gateway_jobs_submitted_total", "Jobs accepted by the gateway", ["render"])
 JOBS_FROM_CACHE = Counter("trawl_gateway_jobs_from_cache_total", "Jobs answered from a stored page")
@@ -74,7 +75,8 @@ async def submit_job(request: web.Request) -> web.Response:
     pg = request.app[PG]
     if submission.max_age_s is not None:
         page = await request.app[CACHE].latest(url)
-        if page is not None:
+        # Only a page that was read for every format this job asks for can answer it.
+        if page is not None and set(formats) <= page_formats(page):
             age = (datetime.now(UTC) - datetime.fromisoformat(page["fetched_at"])).total_seconds()
             if age <= submission.max_age_s:
                 created_at = await pg.fetchval(
@@ -149,14 +151,17 @@ def clean_html(raw: str) -> str:
 
 
 async def page_in_formats(request: web.Request, page: dict[str, Any], formats: set[str]) -> dict[str, Any]:
-    """A stored page as the formats ask: html bodies are read (and decompressed) only when asked for."""
+    """A stored page as the formats ask: html bodies are read (and decompressed) only when asked for. A format the
+    page was not read for is null (``formats`` says which it was read for)."""
     out = {
         k: page[k]
         for k in ("id", "url", "final_url", "status_code", "headers", "title", "render", "render_reason",
-                  "fetched_at", "domain")
+                  "fetched_at", "domain", "content_hash")
     }  # fmt: skip
+    kept = page_formats(page)
+    out["formats"] = sorted(kept)
     if Format.RAW_HTML in formats or Format.HTML in formats:
-        html_packed = await request.app[STORE].body(page["content_hash"])
+        html_packed = await request.app[STORE].body(page["content_hash"]) if not BODY_FORMATS.isdisjoint(kept) else None
         raw = decompress(html_packed).decode() if html_packed is not None else None
         if Format.RAW_HTML in formats:
             out["raw_html"] = raw
@@ -167,7 +172,9 @@ async def page_in_formats(request: web.Request, page: dict[str, Any], formats: s
             out[name.value] = page[name.value]
     for name in (Format.SCREENSHOT, Format.PDF):
         if name in formats:
-            out[name.value] = f"/v1/pages/{page['id']}/{name.value}"
+            # Pages stored before they recorded their formats may have captures: the link answers 404 if not.
+            captured = name in kept or page.get("formats") is None
+            out[name.value] = f"/v1/pages/{page['id']}/{name.value}" if captured else None
     return out
 
 
