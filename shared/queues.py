@@ -180,8 +180,8 @@ class ScrapeResult(BaseModel):
     metadata: dict[str, Any] | None = None
     # The HTML body, compressed (shared.codecs), when the formats keep it (``keeps_body``).
     html_packed: bytes | None = None
-    # blake2b-128 of the raw HTML, hex, kept with every page: byte-identical bodies are stored once, and a
-    # page's changes show without its body.
+    # The raw HTML's content hash (shared.codecs), hex, kept with every page: byte-identical bodies are stored
+    # once, and a page's changes show without its body.
     content_hash: str | None = Field(None, pattern="^[0-9a-f]{32}$")
     screenshot: bytes | None = None
     screenshot_type: str | None = None
