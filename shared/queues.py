@@ -26,6 +26,9 @@ from typing import Any, Literal
 import msgpack
 import orjson
 from arq.connections import ArqRedis, RedisSettings, create_pool
+from arq.constants import job_key_prefix
+from arq.jobs import serialize_job
+from arq.utils import timestamp_ms
 from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from shared.codecs import decompress
@@ -304,10 +307,23 @@ async def enqueue_scrape_batch(pool: ArqRedis, requests: list[ScrapeRequest], jo
 async def enqueue_store(pool: ArqRedis, results: list[ScrapeResult]) -> None:
     """Hand results to storage. A one-result job's arq id names its scrape job and outcome, so a replayed scrape
     enqueues it at most once; storage also ignores results for jobs it has already closed."""
-    job_id = f"store:{results[0].job_id}:{results[0].outcome}" if len(results) == 1 else None
-    await pool.enqueue_job(
-        STORE_RESULTS,
-        {"results": [r.model_dump() for r in results]},
-        _job_id=job_id,
-        _queue_name=STORE_QUEUE,
-    )
+    payload = {"results": [r.model_dump() for r in results]}
+    if len(results) == 1:
+        await pool.enqueue_job(
+            STORE_RESULTS, payload, _job_id=f"store:{results[0].job_id}:{results[0].outcome}", _queue_name=STORE_QUEUE
+        )
+    else:
+        await _enqueue_new(pool, STORE_RESULTS, payload, STORE_QUEUE)
+
+
+async def _enqueue_new(pool: ArqRedis, function: str, payload: Any, queue_name: str) -> None:
+    """arq's ``enqueue_job`` for a job under a fresh random id, in one round trip. arq first WATCHes the id and
+    checks that neither the job nor its result exists, to refuse a second enqueue under a caller's id; a fresh id
+    cannot meet that, and skipping it saves three round trips a store job. Written exactly as arq writes it."""
+    job_id = uuid.uuid4().hex
+    now = timestamp_ms()
+    job = serialize_job(function, (payload,), {}, None, now, serializer=pool.job_serializer)
+    async with pool.pipeline(transaction=True) as pipe:
+        pipe.psetex(job_key_prefix + job_id, pool.expires_extra_ms, job)
+        pipe.zadd(queue_name, {job_id: now})
+        await pipe.execute()

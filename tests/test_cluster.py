@@ -24,6 +24,7 @@ from shared.queues import (
     create_queue_pool,
     dumps,
     enqueue_scrape,
+    enqueue_store,
     loads,
     redis_settings,
 )
@@ -230,6 +231,21 @@ async def test_malformed_result_on_the_store_queue_fails_its_job_and_spares_the_
     assert bad["status"] == "failed" and "malformed result" in bad["error"] and "outcome" in bad["error"]
     assert (await wait_for_job(gateway, str(good.job_id)))["status"] == "succeeded"
     assert await pg.fetchval("SELECT count(*) FROM pages WHERE job_id = $1", good.job_id) == 1
+
+
+async def test_a_group_of_results_is_enqueued_as_arq_writes_it_and_stored(
+    cluster: Settings, gateway: aiohttp.ClientSession, pg: asyncpg.Pool
+) -> None:
+    # Groups skip arq's duplicate-id checks (a fresh id each): the storage worker must still read and run them.
+    results = [make_result(f"http://group-{uuid.uuid4().hex[:6]}.test/{i}") for i in range(3)]
+    queue = await create_queue_pool(cluster)
+    try:
+        await enqueue_store(queue, results)
+    finally:
+        await queue.aclose()
+    for result in results:
+        assert (await wait_for_job(gateway, str(result.job_id)))["status"] == "succeeded"
+    assert await pg.fetchval("SELECT count(*) FROM pages WHERE job_id = ANY($1)", [r.job_id for r in results]) == 3
 
 
 async def test_store_jobs_travel_as_msgpack_and_json_producers_send_base64(
