@@ -244,9 +244,7 @@ async def scrape_one(deps: Deps, request: ScrapeRequest) -> ScrapeResult:
     SCRAPES.labels(label, outcome).inc()
     if error:
         log.info("job %s failed in %.0f ms: %s", request.id, elapsed * 1000, error)
-    # Built from values of known types: validating them again would cost ~3% of the scraper's time per page.
-    # Storage validates every result it receives.
-    return ScrapeResult.model_construct(
+    return ScrapeResult(
         job_id=request.id,
         url=str(request.url),
         render=request.render,
