@@ -116,7 +116,22 @@ def build_app(hits: Counter[str]) -> web.Application:
             "</script></body></html>"
         )
 
+    async def cookies_seen(request: web.Request) -> web.Response:
+        """Says which cookies the request carried, and sets one for whoever comes next (over plain HTTP)."""
+        seen = ";".join(f"{k}={v}" for k, v in sorted(request.cookies.items()))
+        resp = await html(f"<html><title>cookies</title><body><p>cookies=[{seen}]</p>{'text ' * 60}</body></html>")
+        resp.set_cookie("left", "behind", path="/")
+        return resp
+
+    async def cookie_hop(request: web.Request) -> web.Response:
+        """Sets a cookie and redirects to /cookies, as a login or consent hop does."""
+        resp = web.HTTPFound("/cookies")
+        resp.set_cookie("hop", "1", path="/")
+        raise resp
+
     failures: Counter[str] = Counter()
+    app.router.add_get("/cookies", cookies_seen)
+    app.router.add_get("/cookie-hop", cookie_hop)
     app.router.add_get("/robots.txt", robots)
     app.router.add_get("/private/{tail:.*}", page_private)
     app.router.add_get("/spa", spa)

@@ -147,6 +147,20 @@ async def test_jobs_are_isolated_and_look_like_a_plain_browser(deps: Deps, site:
     assert "Headless" not in str(headers)
 
 
+async def test_http_jobs_do_not_share_cookies_but_keep_them_across_redirects(deps: Deps, site: LocalSite) -> None:
+    # By name, not by IP address: a cookie jar keeps no cookies for IP addresses, which would hide a leak.
+    named = site.url("/").replace("127.0.0.1", "localhost").rstrip("/")
+    # Every visit to /cookies leaves a cookie behind: no later job, whoever submitted it, may send it back.
+    for _ in range(3):
+        result = await scrape(deps, named + "/cookies", render="http", formats=["text"])
+        assert result.outcome == "succeeded", result.error
+        assert "cookies=[]" in (result.text or ""), result.text
+    # Within one job a cookie set on a redirect goes with the next hop, as a browser would send it.
+    result = await scrape(deps, named + "/cookie-hop", render="http", formats=["text"])
+    assert result.outcome == "succeeded", result.error
+    assert "cookies=[hop=1]" in (result.text or ""), result.text
+
+
 @pytest.mark.skipif(not os.access(HEADLESS_SHELLS[0], os.X_OK), reason="Chromium's headless shell is not installed")
 async def test_pool_runs_the_headless_shell_without_browser_ui(settings: Settings, site: LocalSite) -> None:
     """Full Chromium keeps browser UI pages (WebUI renderers) for every context, each working on every navigation;

@@ -83,10 +83,13 @@ async def open_deps(
     """Everything a scraper needs, opened on ``stack`` (closed with it, in reverse). The worker, the tests and the
     benchmark all build it here, so they scrape with the same wiring."""
     pg = await stack.enter_async_context(create_db_pool(settings, application_name))
+    # Shared by every fetch of the process for its connection pool; it keeps no cookies, so that nothing one job's
+    # site sets reaches another job (each fetch has a jar of its own, fetch.job_session).
     http = await stack.enter_async_context(
         aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=settings.http_max_connections, ttl_dns_cache=300),
             headers={"User-Agent": settings.user_agent},
+            cookie_jar=aiohttp.DummyCookieJar(),
         )
     )
     browser = await stack.enter_async_context(BrowserPool(settings))
