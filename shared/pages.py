@@ -412,7 +412,7 @@ def page_formats(page: dict[str, Any]) -> set[str]:
         # html and raw_html are both read from the kept body.
         return kept | body if kept & body else kept
     # Stored before pages recorded their formats: the body was always kept, the rest if its job asked for it.
-    return body | {name for name in ("text", "markdown", "links", "metadata") if page.get(name)}
+    return body | {name for name in ("text", "markdown", "links", "metadata") if page.get(name) is not None}
 
 
 def page_record(row: asyncpg.Record) -> dict[str, Any]:

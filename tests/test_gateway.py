@@ -148,6 +148,23 @@ async def test_max_age_answers_only_from_a_page_read_for_every_format_asked(
     assert page["formats"] == ["text"]
 
 
+async def test_pages_stored_before_they_recorded_formats_answer_from_what_they_hold(
+    client: Client, pg: asyncpg.Pool, settings: Settings
+) -> None:
+    url = f"http://legacy-{uuid.uuid4().hex[:8]}.test/"
+    stored = make_result(url, "<p>old body</p>", formats=("html", "text"))
+    await PageStore(pg, 1 << 20).write_batch([stored])
+    # As a row written before migration 0003 looks: no formats, its body kept whatever its job asked for.
+    await pg.execute("UPDATE pages SET formats = NULL WHERE job_id = $1", stored.job_id)
+
+    resp = await client.post("/v1/jobs", json={"url": url, "max_age_s": 3600, "formats": ["raw_html", "text"]})
+    job = await resp.json()
+    assert resp.status == 200 and job["cached"] is True, job
+    result = await (await client.get(f"/v1/jobs/{job['id']}/result")).json()
+    assert result["raw_html"] == "<p>old body</p>" and result["text"] == "hello"
+    assert result["formats"] == ["html", "links", "metadata", "raw_html", "text"]
+
+
 async def test_pages_latest_by_url_by_id_and_listing_with_keyset_pagination(client: Client, pg: asyncpg.Pool) -> None:
     domain = f"list-{uuid.uuid4().hex[:8]}.test"
     results = [make_result(f"http://{domain}/{i}", f"<p>{i}</p>", title=f"p{i}") for i in range(5)]
