@@ -58,7 +58,8 @@ class JobLeases:
         key = in_progress_key_prefix + job_id
         while True:
             try:
-                await redis.pexpire(key, self.lease_ms)
+                if not await redis.pexpire(key, self.lease_ms):
+                    return  # the claim is gone: the job ended (arq deleted it) or the lease lapsed
             except RedisError as exc:
                 # The job goes on; if Redis stays away past the lease, another worker may run it again.
                 log.warning("could not renew the lease of job %s: %s", job_id, exc)

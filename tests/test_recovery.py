@@ -66,7 +66,8 @@ async def test_job_of_a_killed_scraper_is_run_again_by_another_within_the_lease(
         procs[1].wait()
         procs.append(_start("scraper", env, log))
 
-        # Run again by the second scraper, seconds after the kill rather than after arq's 610 s.
+        # Run again by the second scraper, seconds after the kill rather than after arq's 610 s; and only once, though
+        # its fetch outlasts the lease: the lease is renewed while the job runs (unrenewed, it ran 4 times here).
         done = await _job_state(pg, request.id, "succeeded", within_s=45)
         assert done["attempts"] == 2, dict(done)
     except AssertionError:
