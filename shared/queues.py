@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import binascii
 import uuid
+from collections.abc import Sequence
 from datetime import datetime
 from enum import StrEnum
 from typing import Any, Literal
@@ -292,16 +293,22 @@ async def enqueue_scrape(pool: ArqRedis, request: ScrapeRequest) -> bool:
     return job is not None
 
 
-async def enqueue_scrape_batch(pool: ArqRedis, requests: list[ScrapeRequest], job_id: str | None = None) -> bool:
-    """Put many pages on the scrape queue as one job (one queue round trip for all of them)."""
-    job = await pool.enqueue_job(
-        SCRAPE_PAGES,
-        {"requests": [r.model_dump(mode="json", exclude_defaults=True) | {"id": str(r.id), "url": str(r.url)}
-                      for r in requests]},
-        _job_id=job_id,
-        _queue_name=SCRAPE_QUEUE,
-    )  # fmt: skip
-    return job is not None
+def batch_items(
+    options: ScrapeOptions, pages: Sequence[tuple[uuid.UUID, str]], batch_id: uuid.UUID
+) -> list[dict[str, Any]]:
+    """The pages of a batch as ``scrape_pages`` items: each is what ``ScrapeRequest(**options, id=…, url=…,
+    batch_id=…)`` dumps to, with the options (validated once, for the whole batch; only ScrapeOptions' own fields
+    are read) dumped once and shared. Building and dumping a ScrapeRequest per page cost the gateway 16 us a page,
+    160 ms for 10,000 URLs."""
+    shared = options.model_dump(mode="json", exclude_defaults=True, include=set(ScrapeOptions.model_fields))
+    common = shared | {"batch_id": str(batch_id)}
+    return [common | {"id": str(job_id), "url": url} for job_id, url in pages]
+
+
+async def enqueue_scrape_batches(pool: ArqRedis, chunks: Sequence[tuple[str, list[dict[str, Any]]]]) -> None:
+    """Put ``scrape_pages`` jobs on the scrape queue, each ``(job id, items)``, in one round trip. The ids must be
+    new (a batch's ids carry its fresh batch id); arq's guard against enqueuing a caller's id twice is skipped."""
+    await _enqueue_new(pool, SCRAPE_PAGES, [(job_id, {"requests": items}) for job_id, items in chunks], SCRAPE_QUEUE)
 
 
 async def enqueue_store(pool: ArqRedis, results: list[ScrapeResult]) -> None:
@@ -313,17 +320,18 @@ async def enqueue_store(pool: ArqRedis, results: list[ScrapeResult]) -> None:
             STORE_RESULTS, payload, _job_id=f"store:{results[0].job_id}:{results[0].outcome}", _queue_name=STORE_QUEUE
         )
     else:
-        await _enqueue_new(pool, STORE_RESULTS, payload, STORE_QUEUE)
+        await _enqueue_new(pool, STORE_RESULTS, [(uuid.uuid4().hex, payload)], STORE_QUEUE)
 
 
-async def _enqueue_new(pool: ArqRedis, function: str, payload: Any, queue_name: str) -> None:
-    """arq's ``enqueue_job`` for a job under a fresh random id, in one round trip. arq first WATCHes the id and
-    checks that neither the job nor its result exists, to refuse a second enqueue under a caller's id; a fresh id
-    cannot meet that, and skipping it saves three round trips a store job. Written exactly as arq writes it."""
-    job_id = uuid.uuid4().hex
+async def _enqueue_new(pool: ArqRedis, function: str, jobs: Sequence[tuple[str, Any]], queue_name: str) -> None:
+    """arq's ``enqueue_job`` for jobs under new ids ``(job id, payload)``, all in one round trip (MULTI/EXEC: all
+    or none). arq first WATCHes each id and checks that neither the job nor its result exists, to refuse a second
+    enqueue under a caller's id; a new id cannot meet that, and skipping it saves three round trips a job. Written
+    exactly as arq writes it."""
     now = timestamp_ms()
-    job = serialize_job(function, (payload,), {}, None, now, serializer=pool.job_serializer)
     async with pool.pipeline(transaction=True) as pipe:
-        pipe.psetex(job_key_prefix + job_id, pool.expires_extra_ms, job)
-        pipe.zadd(queue_name, {job_id: now})
+        for job_id, payload in jobs:
+            job = serialize_job(function, (payload,), {}, None, now, serializer=pool.job_serializer)
+            pipe.psetex(job_key_prefix + job_id, pool.expires_extra_ms, job)
+            pipe.zadd(queue_name, {job_id: now})
         await pipe.execute()

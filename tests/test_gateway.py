@@ -14,7 +14,7 @@ from aiohttp.test_utils import TestClient
 
 from services.gateway.app import create_app
 from shared.pages import PageStore
-from shared.queues import SCRAPE_QUEUE, create_queue_pool
+from shared.queues import SCRAPE_QUEUE, ScrapeRequest, create_queue_pool
 from shared.settings import Settings
 from tests.results import make_result
 
@@ -53,6 +53,35 @@ async def test_accepted_job_is_in_the_ledger_and_on_the_queue_as_json(
     assert (await resp.json())["status"] == "queued"
     resp = await client.get(f"/v1/jobs/{job_id}/result")
     assert resp.status == 409
+
+
+async def test_batch_goes_on_the_queue_in_chunks_carrying_its_options(
+    client: Client, settings: Settings, pg: asyncpg.Pool
+) -> None:
+    urls = [f"http://127.0.0.1:1/b/{n}" for n in range(120)]
+    options = {"render": "browser", "formats": ["text", "screenshot"], "timeout_s": 12, "headers": {"X-A": "1"},
+               "wait_for": "#main", "viewport": {"width": 800, "height": 600}, "respect_robots": False}  # fmt: skip
+    resp = await client.post("/v1/batches", json={"urls": urls, **options})
+    assert resp.status == 202
+    batch_id = uuid.UUID((await resp.json())["id"])
+    ledger = {r["url"]: r["id"] for r in await pg.fetch("SELECT id, url FROM jobs WHERE batch_id = $1", batch_id)}
+    assert len(ledger) == 120
+
+    queue = await create_queue_pool(settings)
+    try:
+        chunk_ids = [f"batch:{batch_id}:{n}" for n in (0, 50, 100)]
+        assert all([await queue.zscore(SCRAPE_QUEUE, job_id) is not None for job_id in chunk_ids])
+        jobs = [orjson.loads(await queue.get(f"arq:job:{job_id}")) for job_id in chunk_ids]
+        await queue.zrem(SCRAPE_QUEUE, *chunk_ids)  # no scraper runs in this module
+    finally:
+        await queue.aclose()
+    assert [job["f"] for job in jobs] == ["scrape_pages"] * 3
+    items = [item for job in jobs for item in job["a"][0]["requests"]]
+    assert [len(job["a"][0]["requests"]) for job in jobs] == [50, 50, 20]
+    # Each item is, for the scraper that reads it, the request the batch asked for under its ledger id.
+    for url, item in zip(urls, items, strict=True):
+        expected = ScrapeRequest.model_validate({**options, "url": url, "id": ledger[url], "batch_id": batch_id})
+        assert ScrapeRequest.model_validate(item) == expected
 
 
 @pytest.mark.parametrize(

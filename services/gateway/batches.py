@@ -14,7 +14,7 @@ from services.gateway.jobs import read_json_object
 from services.gateway.problems import invalid, problem
 from services.gateway.state import QUEUE, json_response, path_uuid
 from shared.backends import PG
-from shared.queues import ScrapeOptions, ScrapeRequest, enqueue_scrape_batch
+from shared.queues import ScrapeOptions, batch_items, enqueue_scrape_batches
 
 BATCHES = Counter("trawl_gateway_batches_total", "Batches accepted by the gateway")
 # Pages per queue job: enough to amortise the queue's cost per page, few enough that several scraper processes
@@ -51,19 +51,19 @@ async def submit_batch(request: web.Request) -> web.Response:
     except ValidationError as exc:
         return invalid(exc)
     batch_id = uuid.uuid4()
-    options = submission.model_dump(exclude={"urls"})
-    jobs = [ScrapeRequest(**options, url=url, batch_id=batch_id) for url in submission.urls]
+    pages = [(uuid.uuid4(), str(url)) for url in submission.urls]
+    items = batch_items(submission, pages, batch_id)
     formats = [f.value for f in submission.formats]
     try:
         async with request.app[PG].acquire() as conn, conn.transaction():
-            await conn.execute("INSERT INTO batches (id, total) VALUES ($1, $2)", batch_id, len(jobs))
+            await conn.execute("INSERT INTO batches (id, total) VALUES ($1, $2)", batch_id, len(pages))
             await conn.execute(
-                _INSERT_JOBS, [j.id for j in jobs], [str(j.url) for j in jobs], submission.render.value, formats,
-                batch_id,
+                _INSERT_JOBS, [job_id for job_id, _ in pages], [url for _, url in pages], submission.render.value,
+                formats, batch_id,
             )  # fmt: skip
-            # Committed only once every chunk is on the queue (see submit_job for why).
-            for n in range(0, len(jobs), CHUNK):
-                await enqueue_scrape_batch(request.app[QUEUE], jobs[n : n + CHUNK], job_id=f"batch:{batch_id}:{n}")
+            # Committed only once every chunk is on the queue (see submit_job for why): all in one MULTI/EXEC.
+            chunks = [(f"batch:{batch_id}:{n}", items[n : n + CHUNK]) for n in range(0, len(items), CHUNK)]
+            await enqueue_scrape_batches(request.app[QUEUE], chunks)
     except RedisError as exc:
         return problem(503, "Queue unavailable", f"the scrape queue cannot take jobs now: {exc}")
     BATCHES.inc()
@@ -71,7 +71,7 @@ async def submit_batch(request: web.Request) -> web.Response:
         {
             "id": str(batch_id),
             "status": "queued",
-            "total": len(jobs),
+            "total": len(pages),
             "links": {"self": f"/v1/batches/{batch_id}", "jobs": f"/v1/batches/{batch_id}/jobs"},
         },
         status=202,
