@@ -293,6 +293,20 @@ async def enqueue_scrape(pool: ArqRedis, request: ScrapeRequest) -> bool:
     return job is not None
 
 
+async def enqueue_scrape_batch(pool: ArqRedis, requests: list[ScrapeRequest], job_id: str | None = None) -> bool:
+    """Put many pages on the scrape queue as one job (one queue job for all of them), as an outside producer would.
+    With ``job_id``, a repeat enqueue under that id is refused: returns False when that job is already queued or
+    running."""
+    job = await pool.enqueue_job(
+        SCRAPE_PAGES,
+        {"requests": [r.model_dump(mode="json", exclude_defaults=True) | {"id": str(r.id), "url": str(r.url)}
+                      for r in requests]},
+        _job_id=job_id,
+        _queue_name=SCRAPE_QUEUE,
+    )  # fmt: skip
+    return job is not None
+
+
 def batch_items(
     options: ScrapeOptions, pages: Sequence[tuple[uuid.UUID, str]], batch_id: uuid.UUID
 ) -> list[dict[str, Any]]:

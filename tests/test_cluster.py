@@ -19,11 +19,14 @@ from shared.codecs import decompress
 from shared.queues import (
     SCRAPE_PAGES,
     STORE_RESULTS,
+    Format,
+    Render,
     ScrapeRequest,
     ScrapeResult,
     create_queue_pool,
     dumps,
     enqueue_scrape,
+    enqueue_scrape_batch,
     enqueue_store,
     loads,
     redis_settings,
@@ -146,6 +149,28 @@ async def test_outside_producer_pushes_straight_onto_the_queue(
     job = await wait_for_job(gateway, str(request.id))
     assert job["status"] == "succeeded", job
     assert await pg.fetchval("SELECT title FROM pages WHERE job_id = $1", request.id) == "Page outside"
+
+
+async def test_outside_producer_pushes_many_pages_as_one_job(
+    cluster: Settings, gateway: aiohttp.ClientSession, site: LocalSite, pg: asyncpg.Pool
+) -> None:
+    requests = [
+        ScrapeRequest(url=site.url(f"/page/outside-{n}"), render=Render.HTTP, formats=(Format.TEXT,))  # type: ignore[arg-type]
+        for n in range(3)
+    ]
+    job_id = f"mine:{uuid.uuid4()}"
+    queue = await create_queue_pool(cluster)
+    try:
+        assert await enqueue_scrape_batch(queue, requests, job_id=job_id)
+        assert not await enqueue_scrape_batch(queue, requests, job_id=job_id)  # the same id again is refused
+    finally:
+        await queue.aclose()
+    for request in requests:
+        assert (await wait_for_job(gateway, str(request.id)))["status"] == "succeeded"
+    titles = await pg.fetch("SELECT title, formats FROM pages WHERE job_id = ANY($1::uuid[])", [r.id for r in requests])
+    assert sorted((r["title"], tuple(r["formats"])) for r in titles) == [
+        (f"Page outside-{n}", ("text",)) for n in range(3)
+    ]
 
 
 async def test_invalid_payload_from_outside_producer_fails_the_job_with_its_reason(
