@@ -161,7 +161,9 @@ class LocalSite:
 
     def _run(self) -> None:
         asyncio.set_event_loop(self._loop)
-        runner = web.AppRunner(build_app(self.hits), access_log=None)
+        # A handler whose client hung up is cancelled, as a /slow page sleeping for a minute is once its scraper
+        # gives up; stopping the site would otherwise wait for it.
+        runner = web.AppRunner(build_app(self.hits), access_log=None, handler_cancellation=True, shutdown_timeout=1)
         self._loop.run_until_complete(runner.setup())
         site = web.TCPSite(runner, "127.0.0.1", 0)
         self._loop.run_until_complete(site.start())

@@ -126,6 +126,21 @@ async def test_hostile_pages_fail_with_a_reason_within_their_timeout(
     assert after.outcome == "succeeded", after.error
 
 
+async def test_other_jobs_are_served_while_hostile_pages_hang(deps: Deps, site: LocalSite) -> None:
+    # A tab spinning in a JavaScript loop and a server that never answers, both in flight for 6 s...
+    spinning = asyncio.create_task(scrape(deps, site.url("/jsloop"), render="browser", timeout_s=6))
+    silent = asyncio.create_task(scrape(deps, site.url("/slow?s=60"), render="http", timeout_s=6))
+    await asyncio.sleep(0.5)
+    # ...while pages of both kinds are scraped beside them, on the browser slot and domain slots still free.
+    others = await asyncio.gather(
+        *(scrape(deps, site.url(f"/page/beside-{n}"), render="browser" if n % 4 == 0 else "http") for n in range(12))
+    )
+    assert [o.error for o in others if o.outcome != "succeeded"] == []
+    assert not spinning.done() and not silent.done(), "the others were not served until the hostile pages ended"
+    assert "did not load within 6 s" in ((await spinning).error or "")
+    assert "within 6 s" in ((await silent).error or "")
+
+
 async def test_odd_and_legacy_charsets_are_decoded(deps: Deps, site: LocalSite) -> None:
     odd = await scrape(deps, site.url("/odd-charset"), render="http", formats=["text"])
     assert odd.outcome == "succeeded" and odd.title == "Größe" and "Köln" in (odd.text or "")
