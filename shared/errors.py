@@ -4,6 +4,7 @@
     ├── ScrapeError              the page could not be had; the job ends ``failed`` with the message
     │   ├── FetchTimeout         (also a TimeoutError) the page did not answer within the job's timeout
     │   ├── HostUnreachable      (also a ConnectionError) refused or reset connections, unknown hosts   [retried]
+    │   ├── CertificateInvalid   the site's TLS certificate failed verification (expired, self-signed, another host)
     │   ├── HTTPStatusError      the site answered 4xx or 5xx                                 [429 and 5xx retried]
     │   ├── BodyTooLarge         the body is larger than the configured cap
     │   ├── NotAPage             the body is not text (a binary type, or bytes that decode in no charset)
@@ -33,6 +34,17 @@ class FetchTimeout(ScrapeError, TimeoutError):
 
 class HostUnreachable(ScrapeError, ConnectionError):
     retryable = True
+
+
+class CertificateInvalid(ScrapeError):
+    pass
+
+
+def certificate_problem(exc: BaseException) -> str:
+    """What was wrong with a certificate, in the verifier's words ("certificate has expired"), from aiohttp's
+    certificate error or the ``ssl.SSLCertVerificationError`` inside it."""
+    error = getattr(exc, "certificate_error", exc)
+    return str(getattr(error, "verify_message", None) or error)
 
 
 class HTTPStatusError(ScrapeError):

@@ -21,6 +21,8 @@ from protego import Protego
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from shared.errors import certificate_problem
+
 log = logging.getLogger(__name__)
 
 POLITE_WAIT_SECONDS = Histogram(
@@ -391,7 +393,12 @@ class RobotsRules:
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             log.info("robots.txt at %s unreachable, disallowing the host for %d s: %r", url, ROBOTS_ERROR_TTL_S, exc)
             ROBOTS_FETCHES.labels("error").inc()
-            why = f"cannot connect: {exc}" if isinstance(exc, aiohttp.ClientConnectorError | OSError) else repr(exc)
+            if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+                why = f"its TLS certificate is not valid: {certificate_problem(exc)}"
+            elif isinstance(exc, aiohttp.ClientConnectorError | OSError):
+                why = f"cannot connect: {exc}"
+            else:
+                why = repr(exc)
             return _unreadable(why), ROBOTS_ERROR_TTL_S
         # 429 asks us to slow down, so it counts as a server error rather than as "no robots.txt".
         if status >= 500 or status == 429:

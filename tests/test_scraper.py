@@ -8,6 +8,7 @@ import contextlib
 import io
 import os
 import signal
+import ssl
 import time
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
@@ -16,6 +17,8 @@ from typing import Any
 
 import psutil
 import pytest
+import trustme
+from aiohttp import web
 from PIL import Image
 
 from services.scraper.worker import Deps, open_deps, scrape_one
@@ -139,6 +142,36 @@ async def test_other_jobs_are_served_while_hostile_pages_hang(deps: Deps, site: 
     assert not spinning.done() and not silent.done(), "the others were not served until the hostile pages ended"
     assert "did not load within 6 s" in ((await spinning).error or "")
     assert "within 6 s" in ((await silent).error or "")
+
+
+@pytest.fixture(scope="module")
+async def untrusted_https() -> AsyncIterator[str]:
+    """A page over HTTPS on 127.0.0.1 whose certificate no scraper trusts (issued by a CA made up for the test)."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    trustme.CA().issue_cert("127.0.0.1", "localhost").configure_cert(context)
+
+    async def page(_: web.Request) -> web.Response:
+        return web.Response(text="<title>Secret</title>", content_type="text/html")
+
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", page)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0, ssl_context=context).start()
+    yield f"https://127.0.0.1:{runner.addresses[0][1]}/page"
+    await runner.cleanup()
+
+
+async def test_an_invalid_tls_certificate_fails_at_once_with_the_reason(deps: Deps, untrusted_https: str) -> None:
+    for render in ("http", "browser"):
+        result = await scrape(deps, untrusted_https, render=render, respect_robots=False)
+        assert result.outcome == "failed" and result.retries == 0, (render, result.error)
+        assert f"the TLS certificate of {untrusted_https} is not valid" in (result.error or ""), result.error
+    plain = await scrape(deps, untrusted_https, render="http", respect_robots=False)
+    assert "unable to get local issuer certificate" in (plain.error or ""), plain.error
+    # Its robots.txt cannot be read for the same reason, and a job that obeys robots.txt says so.
+    polite = await scrape(deps, untrusted_https, render="http")
+    assert polite.outcome == "failed" and "its TLS certificate is not valid" in (polite.error or ""), polite.error
 
 
 async def test_odd_and_legacy_charsets_are_decoded(deps: Deps, site: LocalSite) -> None:

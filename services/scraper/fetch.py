@@ -20,11 +20,13 @@ from shared.errors import (
     BodyTooLarge,
     BrowserCrashed,
     BrowserError,
+    CertificateInvalid,
     FetchTimeout,
     HostUnreachable,
     HTTPStatusError,
     NotAPage,
     ScrapeError,
+    certificate_problem,
 )
 from shared.extract import Extracted
 from shared.images import fit_screenshot
@@ -34,6 +36,7 @@ _TEXTUAL = ("text/", "application/xhtml+xml", "application/xml", "application/js
 _META_CHARSET = re.compile(rb"""<meta[^>]+charset\s*=\s*["']?\s*([a-zA-Z0-9_.:-]+)""", re.IGNORECASE)
 _SPA_ROOT = re.compile(r"""<div[^>]+id\s*=\s*["']?(root|app|__next|__nuxt|svelte)["']?[^>]*>\s*</div>""", re.IGNORECASE)
 _SCRIPT_TAG = re.compile(r"<script", re.IGNORECASE)
+_CERT_ERROR = re.compile(r"net::ERR_CERT_[A-Z_]+")
 _NOSCRIPT_HINT = re.compile(r"<noscript[^>]*>[^<]*(enable|requires?)\s+javascript", re.IGNORECASE)
 _SERIALIZE = (
     "(document.doctype ? new XMLSerializer().serializeToString(document.doctype) : '')"
@@ -134,6 +137,9 @@ async def fetch_http(shared: aiohttp.ClientSession, request: ScrapeRequest, max_
         raise FetchTimeout(f"no complete answer from {url} within {timeout_s:.3g} s") from exc
     except aiohttp.TooManyRedirects as exc:
         raise ScrapeError(f"too many redirects from {url}") from exc
+    except aiohttp.ClientConnectorCertificateError as exc:
+        # Not retried: another attempt meets the same certificate.
+        raise CertificateInvalid(f"the TLS certificate of {url} is not valid: {certificate_problem(exc)}") from exc
     except aiohttp.ClientConnectorError as exc:
         raise HostUnreachable(f"cannot connect to {url}: {exc.os_error or exc}") from exc
     except (aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError, aiohttp.ClientOSError) as exc:
@@ -186,6 +192,8 @@ async def render_browser(pool: BrowserPool, request: ScrapeRequest, max_body: in
         message = str(exc.message).splitlines()[0] if exc.message else repr(exc)
         if "net::ERR_CONNECTION_REFUSED" in message or "net::ERR_NAME_NOT_RESOLVED" in message:
             raise HostUnreachable(f"cannot connect to {url}: {message}") from exc
+        if cert := _CERT_ERROR.search(message):
+            raise CertificateInvalid(f"the TLS certificate of {url} is not valid: {cert.group(0)}") from exc
         if "net::ERR_TOO_MANY_REDIRECTS" in message:
             raise ScrapeError(f"too many redirects from {url}") from exc
         raise BrowserError(f"rendering {url} failed: {message}") from exc
