@@ -116,6 +116,21 @@ def build_app(hits: Counter[str]) -> web.Application:
             "</script></body></html>"
         )
 
+    async def popups(request: web.Request) -> web.Response:
+        """Opens windows that, a moment later (after the job has ended), leave a cookie and local storage behind."""
+        return await html(
+            "<html><title>popups</title><body><p>opening windows</p><script>"
+            "for (let i = 0; i < 3; i++) window.open('/popup-left?n=' + i);"
+            "</script></body></html>"
+        )
+
+    async def popup_left(request: web.Request) -> web.Response:
+        return await html(
+            "<html><title>popup</title><body><script>setTimeout(() => {"
+            "document.cookie = 'k=from-a-popup; path=/'; localStorage.setItem('k', 'from-a-popup');"
+            "}, 300);</script></body></html>"
+        )
+
     async def cookies_seen(request: web.Request) -> web.Response:
         """Says which cookies the request carried, and sets one for whoever comes next (over plain HTTP)."""
         seen = ";".join(f"{k}={v}" for k, v in sorted(request.cookies.items()))
@@ -142,6 +157,8 @@ def build_app(hits: Counter[str]) -> web.Application:
     app.router.add_get("/latin1", latin1)
     app.router.add_get("/flaky", flaky)
     app.router.add_get("/state", state)
+    app.router.add_get("/popups", popups)
+    app.router.add_get("/popup-left", popup_left)
     app.router.add_get("/page/{n}", page)
     app.router.add_get("/slow", slow)
     app.router.add_get("/status/{code}", status)

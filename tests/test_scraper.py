@@ -195,6 +195,19 @@ async def test_jobs_are_isolated_and_look_like_a_plain_browser(deps: Deps, site:
     assert "Headless" not in str(headers)
 
 
+async def test_windows_a_page_opens_do_not_outlive_its_job(deps: Deps, site: LocalSite) -> None:
+    # /popups opens windows that would leave a cookie and local storage behind after its job ended and its state
+    # was cleared; once on each of the pool's two contexts.
+    for _ in range(2):
+        opener = await scrape(deps, site.url("/popups"), render="browser", formats=["text"])
+        assert opener.outcome == "succeeded", opener.error
+    await asyncio.sleep(0.8)
+    for _ in range(4):
+        result = await scrape(deps, site.url("/state"), render="browser", formats=["text"])
+        assert "cookie=[] local=[] session=[] name=[]" in (result.text or ""), result.text
+    assert site.hits["/popup-left"] == 0  # the windows were never opened
+
+
 async def test_http_jobs_do_not_share_cookies_but_keep_them_across_redirects(deps: Deps, site: LocalSite) -> None:
     # By name, not by IP address: a cookie jar keeps no cookies for IP addresses, which would hide a leak.
     named = site.url("/").replace("127.0.0.1", "localhost").rstrip("/")
