@@ -475,14 +475,27 @@ class BrowserPool:
             await self._release(slot, healthy)
 
     async def _clear(self, slot: _Slot) -> None:
-        """Forget everything the last job left: cookies, storage of every origin it visited, sessionStorage and
-        window.name (which outlive navigations in a tab)."""
+        """Forget everything the last job left: cookies, the storage of every origin it visited, sessionStorage and
+        window.name (the tab's, which outlive navigations). The tab leaves the job's page first, so that what the
+        page does as it is left (``pagehide``, ``unload``) happens before the clearing, not after it."""
         assert slot.page is not None and slot.context is not None and slot.cdp is not None
-        await self._call(slot.page.evaluate("try { sessionStorage.clear(); } catch (e) {} window.name = '';"))
+        # Left from inside the page, and its timers stop with it. (A navigation the browser starts, page.goto, swaps
+        # the tab to a new renderer process: 11.5 pages/s against 18.5 in the benchmark, and 25 without leaving.)
+        leave = {"expression": "location.replace('about:blank')"}
+        async with slot.page.expect_navigation(
+            url="about:blank", wait_until="commit", timeout=self._call_timeout * 1e3
+        ):
+            await self._call(slot.cdp.send("Runtime.evaluate", leave))
         for origin in slot.origins:
             await self._call(slot.cdp.send("Storage.clearDataForOrigin", {"origin": origin, "storageTypes": "all"}))
+            # sessionStorage belongs to the tab and outlives its navigations; the call above leaves it.
+            session = {"securityOrigin": origin, "isLocalStorage": False}
+            await self._call(slot.cdp.send("DOMStorage.clear", {"storageId": session}))
         slot.origins.clear()
         await self._call(slot.context.clear_cookies())
+        # Last, and set twice: the left page's renderer can still be renaming the tab from its pagehide handler
+        # after the new page has loaded, and setting the name it already has ('') tells the browser nothing.
+        await self._call(slot.cdp.send("Runtime.evaluate", {"expression": "window.name = 'x'; window.name = ''"}))
 
     async def _release(self, slot: _Slot, healthy: bool) -> None:
         engine = slot.engine

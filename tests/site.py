@@ -124,6 +124,20 @@ def build_app(hits: Counter[str]) -> web.Application:
             "</script></body></html>"
         )
 
+    async def lingers(request: web.Request) -> web.Response:
+        """Leaves a cookie and storage behind after its job has ended: from a timer that keeps running while the
+        page is open, and from its pagehide handler as it is left."""
+        leave = (
+            "document.cookie = 'k=' + why + '; path=/'; localStorage.setItem('k', why);"
+            "sessionStorage.setItem('k', why); window.name = why;"
+        )
+        return await html(
+            "<html><title>lingering</title><body><p>still here</p><script>"
+            f"setInterval(() => {{ const why = 'timer'; {leave} }}, 20);"
+            f"addEventListener('pagehide', () => {{ const why = 'pagehide'; {leave} }});"
+            "</script></body></html>"
+        )
+
     async def popup_left(request: web.Request) -> web.Response:
         return await html(
             "<html><title>popup</title><body><script>setTimeout(() => {"
@@ -158,6 +172,7 @@ def build_app(hits: Counter[str]) -> web.Application:
     app.router.add_get("/flaky", flaky)
     app.router.add_get("/state", state)
     app.router.add_get("/popups", popups)
+    app.router.add_get("/lingers", lingers)
     app.router.add_get("/popup-left", popup_left)
     app.router.add_get("/page/{n}", page)
     app.router.add_get("/slow", slow)

@@ -208,6 +208,19 @@ async def test_windows_a_page_opens_do_not_outlive_its_job(deps: Deps, site: Loc
     assert site.hits["/popup-left"] == 0  # the windows were never opened
 
 
+async def test_what_a_page_does_after_its_job_stays_with_its_job(deps: Deps, site: LocalSite) -> None:
+    # /lingers writes a cookie, storage and window.name from a timer every 20 ms and from its pagehide handler (when
+    # its tab navigates away): both after its job. Once on each of the pool's two contexts, with a pause for the
+    # timer, then four jobs that must see nothing.
+    for _ in range(2):
+        lingering = await scrape(deps, site.url("/lingers"), render="browser", formats=["text"])
+        assert lingering.outcome == "succeeded", lingering.error
+    await asyncio.sleep(0.3)
+    for _ in range(4):
+        result = await scrape(deps, site.url("/state"), render="browser", formats=["text"])
+        assert "cookie=[] local=[] session=[] name=[]" in (result.text or ""), result.text
+
+
 async def test_http_jobs_do_not_share_cookies_but_keep_them_across_redirects(deps: Deps, site: LocalSite) -> None:
     # By name, not by IP address: a cookie jar keeps no cookies for IP addresses, which would hide a leak.
     named = site.url("/").replace("127.0.0.1", "localhost").rstrip("/")
