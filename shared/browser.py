@@ -3,8 +3,9 @@
 Isolation design, measured in ``bench/isolation.py`` (BENCHMARKS.md): a fresh page per job costs a new renderer
 process, about 600 ms of CPU against 130 ms for a reused page, so pooled contexts with fresh pages ran at a quarter of
 the speed of reused pages, no faster than a new context per job. So each context keeps one page and serves one job
-at a time, and after every job its cookies, the storage of every origin the page visited, sessionStorage and
-window.name are cleared, with the HTTP cache off: the next job sees nothing of the last. A reused renderer grows
+at a time. After every job the tab leaves the job's page (so that nothing the page runs later can write), then its
+cookies, the storage of every origin the page visited, sessionStorage and window.name are cleared, with the HTTP
+cache off: the next job sees nothing of the last. Pages cannot open windows. A reused renderer grows
 (to 200-290 MB after 40-75 pages), so contexts retire after ``browser_context_max_jobs`` jobs, and a Chromium is
 relaunched after ``browser_max_jobs`` jobs or above ``browser_max_rss_mb``, which keeps memory flat on long runs.
 """
