@@ -53,6 +53,7 @@ STEALTH_ARGS = ("--disable-blink-features=AutomationControlled",)
 # the job, and could leave cookies and storage for the next job there once its state had been cleared (a test
 # showed it). Blocked at the source, so a hostile page cannot spawn renderers either.
 ISOLATION_ARGS = ("--block-new-web-contents",)
+LEAVE_TIMEOUT_S = 2.0
 # Chromium's headless shell first (Playwright's own choice for headless since 1.49). Full Chromium in headless mode
 # keeps its browser UI: each browser context gets WebUI renderers of its own (the omnibox popups) that work on every
 # navigation. Measured on the benchmark site at 4 pages, one per context: 187-191 ms of CPU a page against 143-149
@@ -483,9 +484,8 @@ class BrowserPool:
         # Left from inside the page, and its timers stop with it. (A navigation the browser starts, page.goto, swaps
         # the tab to a new renderer process: 11.5 pages/s against 18.5 in the benchmark, and 25 without leaving.)
         leave = {"expression": "location.replace('about:blank')"}
-        async with slot.page.expect_navigation(
-            url="about:blank", wait_until="commit", timeout=self._call_timeout * 1e3
-        ):
+        # Leaving takes milliseconds; a page that keeps navigating itself can stop it, and then its context goes.
+        async with slot.page.expect_navigation(url="about:blank", wait_until="commit", timeout=LEAVE_TIMEOUT_S * 1e3):
             await self._call(slot.cdp.send("Runtime.evaluate", leave))
         for origin in slot.origins:
             await self._call(slot.cdp.send("Storage.clearDataForOrigin", {"origin": origin, "storageTypes": "all"}))

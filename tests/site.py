@@ -116,6 +116,20 @@ def build_app(hits: Counter[str]) -> web.Application:
             "</script></body></html>"
         )
 
+    async def meta_refresh(request: web.Request) -> web.Response:
+        """Sends the browser on to another page with a meta refresh, after a second's pause, as old redirects do."""
+        return await html(
+            "<html><head><title>moved</title><meta content='1; url=/page/after-refresh' http-equiv='refresh'>"
+            "</head><body><p>This page has moved.</p></body></html>"
+        )
+
+    async def script_hop(request: web.Request) -> web.Response:
+        """Sends the browser on with a script as soon as it has loaded."""
+        return await html(
+            "<html><title>hop</title><body><p>one moment</p><script>"
+            "addEventListener('load', () => location.replace('/page/after-hop'));</script></body></html>"
+        )
+
     async def popups(request: web.Request) -> web.Response:
         """Opens windows that, a moment later (after the job has ended), leave a cookie and local storage behind."""
         return await html(
@@ -172,6 +186,8 @@ def build_app(hits: Counter[str]) -> web.Application:
     app.router.add_get("/flaky", flaky)
     app.router.add_get("/state", state)
     app.router.add_get("/popups", popups)
+    app.router.add_get("/meta-refresh", meta_refresh)
+    app.router.add_get("/script-hop", script_hop)
     app.router.add_get("/lingers", lingers)
     app.router.add_get("/popup-left", popup_left)
     app.router.add_get("/page/{n}", page)

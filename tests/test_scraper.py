@@ -21,6 +21,7 @@ import trustme
 from aiohttp import web
 from PIL import Image
 
+from services.scraper.fetch import refresh_delay
 from services.scraper.worker import Deps, open_deps, scrape_one
 from shared.browser import HEADLESS_SHELLS, BrowserPool, PageOptions, find_browser
 from shared.errors import BrowserCrashed, BrowserUnavailable
@@ -55,6 +56,39 @@ async def test_auto_renders_pages_whose_content_javascript_writes(deps: Deps, si
     assert result.outcome == "succeeded", result.error
     assert result.render_used == "browser" and "application root" in (result.render_reason or "")
     assert "Rendered by the app" in (result.text or "")
+
+
+async def test_pages_that_send_the_browser_on_are_read_where_they_land(deps: Deps, site: LocalSite) -> None:
+    # A meta refresh due in a second is waited for; auto sees it in the HTML and takes the browser.
+    for render in ("browser", "auto"):
+        moved = await scrape(deps, site.url("/meta-refresh"), render=render, formats=["text"])
+        assert moved.outcome == "succeeded", moved.error
+        assert moved.final_url == site.url("/page/after-refresh") and moved.title == "Page after-refresh"
+        assert moved.render_used == "browser"
+    assert "meta refresh" in (moved.render_reason or "")
+    # A script that sends the tab on as the page loads: the page read is the one it went to.
+    # (Reading it had failed every time: "Execution context was destroyed".)
+    for _ in range(5):
+        hopped = await scrape(deps, site.url("/script-hop"), render="browser", formats=["text"])
+        assert hopped.outcome == "succeeded", hopped.error
+        assert hopped.final_url == site.url("/page/after-hop") and hopped.title == "Page after-hop"
+    # Over plain HTTP a meta refresh is not followed: the page is what the server sent.
+    plain = await scrape(deps, site.url("/meta-refresh"), render="http", formats=["text"])
+    assert plain.outcome == "succeeded" and plain.title == "moved"
+
+
+@pytest.mark.parametrize(
+    ("head", "delay"),
+    [
+        ("<meta http-equiv='refresh' content='0; url=/next'>", 0.0),
+        ('<meta content="2.5;URL=\'https://example.com/\'" http-equiv="Refresh">', 2.5),
+        ("<META HTTP-EQUIV=refresh CONTENT='10, url=/later'>", 10.0),
+        ("<meta http-equiv='refresh' content='30'>", None),  # reloads itself: it goes nowhere else
+        ("<meta name='description' content='0; url=/not-a-refresh'>", None),
+    ],
+)
+def test_meta_refresh_delay_is_read_from_the_tag(head: str, delay: float | None) -> None:
+    assert refresh_delay(f"<html><head>{head}</head><body></body></html>") == delay
 
 
 async def test_http_mode_never_runs_javascript(deps: Deps, site: LocalSite) -> None:

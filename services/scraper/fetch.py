@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import codecs
 import re
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -13,6 +14,7 @@ from email.utils import parsedate_to_datetime
 import aiohttp
 from charset_normalizer import from_bytes
 from playwright.async_api import Error as PlaywrightError
+from playwright.async_api import Page
 from playwright.async_api import TimeoutError as PlaywrightTimeout
 
 from shared.browser import BrowserPool, PageOptions
@@ -42,8 +44,14 @@ _SERIALIZE = (
     "(document.doctype ? new XMLSerializer().serializeToString(document.doctype) : '')"
     " + document.documentElement.outerHTML"
 )
+_META_REFRESH = re.compile(r"""<meta\b[^>]*http-equiv\s*=\s*["']?refresh[^>]*>""", re.IGNORECASE)
+_REFRESH_DELAY = re.compile(r"""content\s*=\s*["']?\s*(\d+(?:\.\d*)?)\s*[;,]\s*url\s*=""", re.IGNORECASE)
+# A meta refresh that sends the tab on within this many seconds is waited for; a slower one is read as it stands.
+REFRESH_WAIT_MAX_S = 5.0
 # A page with less text than this and scripts of its own probably writes its content with JavaScript.
 _THIN_TEXT = 200
+# A page that sends the tab on after loading (a meta refresh, a script setting location) is followed this often.
+MAX_CLIENT_REDIRECTS = 5
 
 
 @dataclass(slots=True)
@@ -151,6 +159,7 @@ async def fetch_http(shared: aiohttp.ClientSession, request: ScrapeRequest, max_
 async def render_browser(pool: BrowserPool, request: ScrapeRequest, max_body: int, timeout_s: float) -> Fetched:
     url = str(request.url)
     timeout_ms = timeout_s * 1000
+    deadline = time.monotonic() + timeout_s
     options = PageOptions(
         extra_headers=request.headers,
         block_resources=request.blocks_resources,
@@ -169,8 +178,7 @@ async def render_browser(pool: BrowserPool, request: ScrapeRequest, max_body: in
                 await page.wait_for_selector(request.wait_for, timeout=timeout_ms)
             if request.wait_ms:
                 await page.wait_for_timeout(request.wait_ms)
-            # outerHTML costs about 3 ms where page.content() costs 15-18 (measured on the benchmark site).
-            html = await page.evaluate(_SERIALIZE)
+            html = await _settled_html(page, request, deadline)
             if len(html) > max_body:
                 raise BodyTooLarge(f"the rendered page is over the {max_body}-byte cap")
             fetched = Fetched(page.url, response.status, response.headers, html, html.encode())
@@ -199,9 +207,56 @@ async def render_browser(pool: BrowserPool, request: ScrapeRequest, max_body: in
         raise BrowserError(f"rendering {url} failed: {message}") from exc
 
 
+async def _settled_html(page: Page, request: ScrapeRequest, deadline: float) -> str:
+    """The page's HTML once it stays put. A page may send the tab on after loading, by a meta refresh (waited for
+    when it is due within ``REFRESH_WAIT_MAX_S``) or a script setting ``location`` (reading a page whose document
+    is gone fails): then the page it went to is read instead, up to ``MAX_CLIENT_REDIRECTS`` times."""
+    for _ in range(MAX_CLIENT_REDIRECTS + 1):
+        left = page.url
+        try:
+            # outerHTML costs about 3 ms where page.content() costs 15-18 (measured on the benchmark site).
+            html: str = await page.evaluate(_SERIALIZE)
+        except PlaywrightError as exc:
+            if "Execution context was destroyed" not in str(exc.message):
+                raise
+            await page.wait_for_load_state(request.wait_until.value, timeout=_ms_left(deadline))
+            continue
+        delay = refresh_delay(html)
+        if delay is None or delay > REFRESH_WAIT_MAX_S:
+            return html
+
+        def moved(url: str, gone: str = left) -> bool:
+            return url != gone
+
+        try:
+            await page.wait_for_url(
+                moved,
+                wait_until=request.wait_until.value,
+                timeout=min(_ms_left(deadline), (delay + 2) * 1000),
+            )
+        except PlaywrightTimeout:
+            if time.monotonic() >= deadline:
+                raise
+            return html  # the refresh did not lead anywhere else after all
+    raise ScrapeError(f"the page kept sending the tab on, more than {MAX_CLIENT_REDIRECTS} times after loading")
+
+
+def _ms_left(deadline: float) -> float:
+    return max(0.0, deadline - time.monotonic()) * 1000
+
+
+def refresh_delay(html: str) -> float | None:
+    """The delay, in seconds, of a meta refresh in ``html`` that sends the page to another URL, or None."""
+    tag = _META_REFRESH.search(html[:20_000])
+    found = _REFRESH_DELAY.search(tag.group(0)) if tag else None
+    return float(found.group(1)) if found else None
+
+
 def browser_reason(html: str, page: Extracted) -> str | None:
     """Why a page fetched over HTTP needs a browser to show its content, or None when its HTML has it."""
     text_len = len(page.text)
+    if (delay := refresh_delay(html)) is not None and delay <= REFRESH_WAIT_MAX_S:
+        return "the page sends the browser on with a meta refresh"
     if _SPA_ROOT.search(html) and text_len < 2 * _THIN_TEXT:
         return f"an empty application root and only {text_len} characters of text"
     if _NOSCRIPT_HINT.search(html):
