@@ -116,6 +116,12 @@ def build_app(hits: Counter[str]) -> web.Application:
             "</script></body></html>"
         )
 
+    async def download(request: web.Request) -> web.Response:
+        return web.Response(
+            body=b"%PDF-1.4 not really", content_type="application/pdf",
+            headers={"Content-Disposition": "attachment; filename=report.pdf"},
+        )  # fmt: skip
+
     async def meta_refresh(request: web.Request) -> web.Response:
         """Sends the browser on to another page with a meta refresh, after a second's pause, as old redirects do."""
         return await html(
@@ -187,6 +193,7 @@ def build_app(hits: Counter[str]) -> web.Application:
     app.router.add_get("/state", state)
     app.router.add_get("/popups", popups)
     app.router.add_get("/meta-refresh", meta_refresh)
+    app.router.add_get("/download", download)
     app.router.add_get("/script-hop", script_hop)
     app.router.add_get("/lingers", lingers)
     app.router.add_get("/popup-left", popup_left)

@@ -148,6 +148,8 @@ async def test_client_errors_and_robots_fail_at_once(deps: Deps, site: LocalSite
         ("/loop", {"render": "browser"}, "too many redirects"),
         ("/huge", {"render": "http"}, "over the"),
         ("/binary", {"render": "http"}, "not text in any known charset"),
+        ("/download", {"render": "browser"}, "is a file to download, not a page"),
+        ("/download", {"render": "auto"}, "not a text page: Content-Type application/pdf"),
     ],
 )
 async def test_hostile_pages_fail_with_a_reason_within_their_timeout(

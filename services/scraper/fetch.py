@@ -204,6 +204,8 @@ async def render_browser(pool: BrowserPool, request: ScrapeRequest, max_body: in
             raise CertificateInvalid(f"the TLS certificate of {url} is not valid: {cert.group(0)}") from exc
         if "net::ERR_TOO_MANY_REDIRECTS" in message:
             raise ScrapeError(f"too many redirects from {url}") from exc
+        if "Download is starting" in message:
+            raise NotAPage(f"{url} is a file to download, not a page") from exc
         raise BrowserError(f"rendering {url} failed: {message}") from exc
 
 
