@@ -244,7 +244,8 @@ async def _settled_html(page: Page, request: ScrapeRequest, deadline: float) -> 
 
 
 def _ms_left(deadline: float) -> float:
-    return max(0.0, deadline - time.monotonic()) * 1000
+    # At least 1 ms: to Playwright a timeout of 0 means none at all.
+    return max(1.0, (deadline - time.monotonic()) * 1000)
 
 
 def refresh_delay(html: str) -> float | None:
