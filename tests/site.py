@@ -116,6 +116,25 @@ def build_app(hits: Counter[str]) -> web.Application:
             "</script></body></html>"
         )
 
+    async def installs_worker(request: web.Request) -> web.Response:
+        """Installs a service worker that answers /state itself, for as long as it stays registered."""
+        return await html(
+            "<html><title>worker</title><body><p id=w>installing</p><script>"
+            "navigator.serviceWorker.register('/worker.js').then(() => navigator.serviceWorker.ready)"
+            ".then(() => { document.getElementById('w').textContent = 'worker ready'; });"
+            "</script></body></html>"
+        )
+
+    async def worker_js(request: web.Request) -> web.Response:
+        script = (
+            "self.addEventListener('install', () => self.skipWaiting());"
+            "self.addEventListener('activate', (e) => e.waitUntil(self.clients.claim()));"
+            "self.addEventListener('fetch', (e) => { if (new URL(e.request.url).pathname === '/state')"
+            " e.respondWith(new Response('<title>state</title><p>cookie=[from-a-worker]</p>',"
+            " {headers: {'Content-Type': 'text/html'}})); });"
+        )
+        return web.Response(text=script, content_type="application/javascript")
+
     async def download(request: web.Request) -> web.Response:
         return web.Response(
             body=b"%PDF-1.4 not really", content_type="application/pdf",
@@ -194,6 +213,8 @@ def build_app(hits: Counter[str]) -> web.Application:
     app.router.add_get("/popups", popups)
     app.router.add_get("/meta-refresh", meta_refresh)
     app.router.add_get("/download", download)
+    app.router.add_get("/installs-worker", installs_worker)
+    app.router.add_get("/worker.js", worker_js)
     app.router.add_get("/script-hop", script_hop)
     app.router.add_get("/lingers", lingers)
     app.router.add_get("/popup-left", popup_left)

@@ -257,6 +257,18 @@ async def test_what_a_page_does_after_its_job_stays_with_its_job(deps: Deps, sit
         assert "cookie=[] local=[] session=[] name=[]" in (result.text or ""), result.text
 
 
+async def test_a_service_worker_a_job_installs_does_not_serve_the_next(deps: Deps, site: LocalSite) -> None:
+    # The worker would answer /state itself; once on each of the pool's two contexts.
+    for _ in range(2):
+        installing = await scrape(
+            deps, site.url("/installs-worker"), render="browser", wait_for="text=worker ready", formats=["text"]
+        )
+        assert installing.outcome == "succeeded" and "worker ready" in (installing.text or ""), installing.error
+    for _ in range(4):
+        result = await scrape(deps, site.url("/state"), render="browser", formats=["text"])
+        assert "cookie=[] local=[] session=[] name=[]" in (result.text or ""), result.text
+
+
 async def test_http_jobs_do_not_share_cookies_but_keep_them_across_redirects(deps: Deps, site: LocalSite) -> None:
     # By name, not by IP address: a cookie jar keeps no cookies for IP addresses, which would hide a leak.
     named = site.url("/").replace("127.0.0.1", "localhost").rstrip("/")
