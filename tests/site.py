@@ -142,9 +142,11 @@ def build_app(hits: Counter[str]) -> web.Application:
         )  # fmt: skip
 
     async def meta_refresh(request: web.Request) -> web.Response:
-        """Sends the browser on to another page with a meta refresh, after a second's pause, as old redirects do."""
+        """Sends the browser on to another page (``?to=``) with a meta refresh, after a second's pause, as old
+        redirects do."""
+        to = request.query.get("to", "/page/after-refresh")
         return await html(
-            "<html><head><title>moved</title><meta content='1; url=/page/after-refresh' http-equiv='refresh'>"
+            f"<html><head><title>moved</title><meta content='1; url={to}' http-equiv='refresh'>"
             "</head><body><p>This page has moved.</p></body></html>"
         )
 
