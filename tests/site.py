@@ -179,6 +179,13 @@ def build_app(hits: Counter[str]) -> web.Application:
             "</script></body></html>"
         )
 
+    async def traps_leaving(request: web.Request) -> web.Response:
+        """A page whose pagehide handler never returns: the tab cannot leave it."""
+        return await html(
+            f"<html><title>trap</title><body><p>{'text ' * 60}</p><script>"
+            "addEventListener('pagehide', () => { for (;;) {} });</script></body></html>"
+        )
+
     async def popup_left(request: web.Request) -> web.Response:
         return await html(
             "<html><title>popup</title><body><script>setTimeout(() => {"
@@ -220,6 +227,7 @@ def build_app(hits: Counter[str]) -> web.Application:
     app.router.add_get("/script-hop", script_hop)
     app.router.add_get("/lingers", lingers)
     app.router.add_get("/popup-left", popup_left)
+    app.router.add_get("/traps-leaving", traps_leaving)
     app.router.add_get("/page/{n}", page)
     app.router.add_get("/slow", slow)
     app.router.add_get("/status/{code}", status)

@@ -20,6 +20,7 @@ import pytest
 import trustme
 from aiohttp import web
 from PIL import Image
+from prometheus_client import REGISTRY
 
 from services.scraper.fetch import refresh_delay
 from services.scraper.worker import Deps, open_deps, scrape_one
@@ -258,6 +259,19 @@ async def test_what_a_page_does_after_its_job_stays_with_its_job(deps: Deps, sit
     for _ in range(4):
         result = await scrape(deps, site.url("/state"), render="browser", formats=["text"])
         assert "cookie=[] local=[] session=[] name=[]" in (result.text or ""), result.text
+
+
+async def test_a_page_the_tab_cannot_leave_costs_its_context_not_the_next_job(deps: Deps, site: LocalSite) -> None:
+    def retired() -> float:
+        return REGISTRY.get_sample_value("trawl_browser_context_retirements_total", {"reason": "unhealthy"}) or 0.0
+
+    before = retired()
+    trapped = await scrape(deps, site.url("/traps-leaving"), render="browser", formats=["text"])
+    assert trapped.outcome == "succeeded", trapped.error  # the page itself was read
+    assert retired() == before + 1  # its context could not be cleared, so it was not handed out again
+    for _ in range(3):
+        after = await scrape(deps, site.url("/state"), render="browser", formats=["text"])
+        assert "cookie=[] local=[] session=[] name=[]" in (after.text or ""), after.text
 
 
 async def test_a_service_worker_a_job_installs_does_not_serve_the_next(deps: Deps, site: LocalSite) -> None:
