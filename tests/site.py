@@ -142,11 +142,12 @@ def build_app(hits: Counter[str]) -> web.Application:
         )  # fmt: skip
 
     async def meta_refresh(request: web.Request) -> web.Response:
-        """Sends the browser on to another page (``?to=``) with a meta refresh, after a second's pause, as old
-        redirects do."""
+        """Sends the browser on to another page (``?to=``) with a meta refresh, after a pause (``?delay=``, 1 s), as
+        old redirects do."""
         to = request.query.get("to", "/page/after-refresh")
+        delay = request.query.get("delay", "1")
         return await html(
-            f"<html><head><title>moved</title><meta content='1; url={to}' http-equiv='refresh'>"
+            f"<html><head><title>moved</title><meta content='{delay}; url={to}' http-equiv='refresh'>"
             "</head><body><p>This page has moved.</p></body></html>"
         )
 

@@ -76,6 +76,9 @@ async def test_pages_that_send_the_browser_on_are_read_where_they_land(deps: Dep
     # Sent on to an error page: the job fails with the status of the page it landed on.
     lost = await scrape(deps, site.url("/meta-refresh?to=/status/404"), render="browser", formats=["text"])
     assert lost.outcome == "failed" and f"HTTP 404 from {site.url('/status/404')}" in (lost.error or ""), lost.error
+    # A refresh due after the job's budget is spent is not waited for: the page is read as it stands.
+    late = await scrape(deps, site.url("/meta-refresh?delay=4"), render="browser", timeout_s=3, formats=["text"])
+    assert late.outcome == "succeeded" and late.title == "moved", late.error
     # Over plain HTTP a meta refresh is not followed: the page is what the server sent.
     plain = await scrape(deps, site.url("/meta-refresh"), render="http", formats=["text"])
     assert plain.outcome == "succeeded" and plain.title == "moved"

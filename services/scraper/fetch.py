@@ -232,7 +232,8 @@ async def _settled_html(page: Page, request: ScrapeRequest, deadline: float) -> 
             await page.wait_for_load_state(request.wait_until.value, timeout=_ms_left(deadline))
             continue
         delay = refresh_delay(html)
-        if delay is None or delay > REFRESH_WAIT_MAX_S:
+        # Not waited for: no refresh, one too slow to wait for, or one due after the job's budget is spent.
+        if delay is None or delay > REFRESH_WAIT_MAX_S or delay >= deadline - time.monotonic():
             return html, int(status)
 
         def moved(url: str, gone: str = left) -> bool:
@@ -245,9 +246,7 @@ async def _settled_html(page: Page, request: ScrapeRequest, deadline: float) -> 
                 timeout=min(_ms_left(deadline), (delay + 2) * 1000),
             )
         except PlaywrightTimeout:
-            if time.monotonic() >= deadline:
-                raise
-            return html, int(status)  # the refresh did not lead anywhere else after all
+            return html, int(status)  # the refresh did not lead anywhere else in time: the page as it stands
     raise ScrapeError(f"the page kept sending the tab on, more than {MAX_CLIENT_REDIRECTS} times after loading")
 
 
