@@ -238,6 +238,14 @@ async def test_jobs_are_isolated_and_look_like_a_plain_browser(deps: Deps, site:
     assert "Headless" not in str(headers)
 
 
+async def assert_later_jobs_see_nothing(deps: Deps, site: LocalSite, jobs: int = 4) -> None:
+    """``jobs`` browser jobs in a row on /state, which shows what a page can see: with two contexts in the pool, four
+    reuse each at least once, and none may see anything an earlier job left."""
+    for _ in range(jobs):
+        result = await scrape(deps, site.url("/state"), render="browser", formats=["text"])
+        assert "cookie=[] local=[] session=[] name=[]" in (result.text or ""), result.text
+
+
 async def test_windows_a_page_opens_do_not_outlive_its_job(deps: Deps, site: LocalSite) -> None:
     # /popups opens windows that would leave a cookie and local storage behind after its job ended and its state
     # was cleared; once on each of the pool's two contexts.
@@ -245,9 +253,7 @@ async def test_windows_a_page_opens_do_not_outlive_its_job(deps: Deps, site: Loc
         opener = await scrape(deps, site.url("/popups"), render="browser", formats=["text"])
         assert opener.outcome == "succeeded", opener.error
     await asyncio.sleep(0.8)
-    for _ in range(4):
-        result = await scrape(deps, site.url("/state"), render="browser", formats=["text"])
-        assert "cookie=[] local=[] session=[] name=[]" in (result.text or ""), result.text
+    await assert_later_jobs_see_nothing(deps, site)
     assert site.hits["/popup-left"] == 0  # the windows were never opened
 
 
@@ -259,9 +265,7 @@ async def test_what_a_page_does_after_its_job_stays_with_its_job(deps: Deps, sit
         lingering = await scrape(deps, site.url("/lingers"), render="browser", formats=["text"])
         assert lingering.outcome == "succeeded", lingering.error
     await asyncio.sleep(0.3)
-    for _ in range(4):
-        result = await scrape(deps, site.url("/state"), render="browser", formats=["text"])
-        assert "cookie=[] local=[] session=[] name=[]" in (result.text or ""), result.text
+    await assert_later_jobs_see_nothing(deps, site)
 
 
 async def test_a_page_the_tab_cannot_leave_costs_its_context_not_the_next_job(deps: Deps, site: LocalSite) -> None:
@@ -272,9 +276,7 @@ async def test_a_page_the_tab_cannot_leave_costs_its_context_not_the_next_job(de
     trapped = await scrape(deps, site.url("/traps-leaving"), render="browser", formats=["text"])
     assert trapped.outcome == "succeeded", trapped.error  # the page itself was read
     assert retired() == before + 1  # its context could not be cleared, so it was not handed out again
-    for _ in range(3):
-        after = await scrape(deps, site.url("/state"), render="browser", formats=["text"])
-        assert "cookie=[] local=[] session=[] name=[]" in (after.text or ""), after.text
+    await assert_later_jobs_see_nothing(deps, site, jobs=3)
 
 
 async def test_a_service_worker_a_job_installs_does_not_serve_the_next(deps: Deps, site: LocalSite) -> None:
@@ -284,9 +286,7 @@ async def test_a_service_worker_a_job_installs_does_not_serve_the_next(deps: Dep
             deps, site.url("/installs-worker"), render="browser", wait_for="text=worker ready", formats=["text"]
         )
         assert installing.outcome == "succeeded" and "worker ready" in (installing.text or ""), installing.error
-    for _ in range(4):
-        result = await scrape(deps, site.url("/state"), render="browser", formats=["text"])
-        assert "cookie=[] local=[] session=[] name=[]" in (result.text or ""), result.text
+    await assert_later_jobs_see_nothing(deps, site)
 
 
 async def test_http_jobs_do_not_share_cookies_but_keep_them_across_redirects(deps: Deps, site: LocalSite) -> None:
