@@ -236,6 +236,20 @@ async def test_batch_writer_coalesces_concurrent_jobs(store: PageStore, redis: R
     assert stored == 60
 
 
+async def test_batch_writer_writes_at_once_when_idle_and_gathers_when_busy(store: PageStore, redis: Redis) -> None:
+    async with BatchWriter(store, redis, max_rows=3, max_wait_s=5) as writer:
+        # idle: a single job's result is written at once, not after the 5 s a batch may take to gather
+        await asyncio.wait_for(writer.submit([make_result(unique_url("alone"))]), timeout=2.5)
+        assert writer.batches_written == 1
+        # just written: the next result waits for company (until the batch is full, here)
+        first = asyncio.create_task(writer.submit([make_result(unique_url("gathered-1"))]))
+        await asyncio.sleep(0.3)
+        assert not first.done()
+        more = [writer.submit([make_result(unique_url(f"gathered-{i}"))]) for i in (2, 3)]
+        await asyncio.wait_for(asyncio.gather(first, *more), timeout=2.5)
+        assert writer.batches_written == 2
+
+
 async def test_batch_writer_retries_after_the_database_connection_is_lost(
     settings: Settings, redis: Redis, pg: asyncpg.Pool
 ) -> None:

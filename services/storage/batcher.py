@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -37,7 +39,8 @@ class _Pending:
 
 
 class BatchWriter:
-    """Writes results in batches of up to ``max_rows``, at most ``max_wait_s`` after the first one arrived."""
+    """Writes results in batches of up to ``max_rows``, at most ``max_wait_s`` after the first one arrived; results
+    that reach an idle writer (nothing written in the last ``max_wait_s``) are written at once."""
 
     def __init__(
         self, store: PageStore, redis: Redis, *, max_rows: int, max_wait_s: float, retry_for_s: float = 30
@@ -54,6 +57,7 @@ class BatchWriter:
         self._task: asyncio.Task[None] | None = None
         self._writing: set[asyncio.Task[None]] = set()
         self._slots = asyncio.Semaphore(2)
+        self._last_written = -math.inf  # monotonic time the last batch finished
         self.batches_written = 0
 
     async def __aenter__(self) -> BatchWriter:
@@ -82,10 +86,13 @@ class BatchWriter:
     async def _run(self) -> None:
         while True:
             await self._arrived.wait()
-            try:
-                await asyncio.wait_for(self._full.wait(), timeout=self.max_wait_s)
-            except TimeoutError:
-                pass
+            if self._writing or time.monotonic() - self._last_written < self.max_wait_s:
+                # Busy: let a fuller batch gather. Results that find the writer idle go at once (a single job's,
+                # a batch's first): waiting for more that may never come would only delay them.
+                try:
+                    await asyncio.wait_for(self._full.wait(), timeout=self.max_wait_s)
+                except TimeoutError:
+                    pass
             # Two batches in flight: one is prepared in Python while PostgreSQL writes the other.
             await self._slots.acquire()
             taken = self._take()
@@ -98,6 +105,7 @@ class BatchWriter:
 
     def _written(self, task: asyncio.Task[None]) -> None:
         self._writing.discard(task)
+        self._last_written = time.monotonic()
         self._slots.release()
 
     def _take(self) -> list[_Pending]:
