@@ -35,6 +35,8 @@ HTTP_CONCURRENCY = 8
 BROWSER_CONCURRENCY = 4
 # http end to end is run this many times, each beside the bare loop (the figure is the median run).
 E2E_HTTP_RUNS = 3
+# One-page jobs submitted one at a time, for the time a user waits for a page scraped on demand.
+LATENCY_JOBS = 30
 
 
 def _free_port() -> int:
@@ -128,6 +130,29 @@ async def end_to_end(
             await asyncio.sleep(0.1)
 
 
+async def one_page_latency(gateway: str, urls: list[str]) -> list[float]:
+    """Milliseconds from POSTing a one-page job to its page being stored, a job at a time (what a user scraping a
+    page on demand waits), polled every 5 ms."""
+    waits = []
+    async with aiohttp.ClientSession(base_url=gateway) as session:
+        for i, url in enumerate(urls):
+            t0 = time.perf_counter()
+            async with session.post("/v1/jobs", json={"url": url, "render": "http", "formats": ["text"]}) as resp:
+                job = await resp.json()
+                assert resp.status == 202, job
+            while True:
+                async with session.get(f"/v1/jobs/{job['id']}") as resp:
+                    status = (await resp.json())["status"]
+                if status in ("succeeded", "failed"):
+                    break
+                await asyncio.sleep(0.005)
+            assert status == "succeeded", job
+            waits.append((time.perf_counter() - t0) * 1000)
+            # Spaced unevenly, so submissions do not fall in step with the workers' looks at the queue.
+            await asyncio.sleep(0.05 + (i % 7) * 0.013)
+    return sorted(waits)
+
+
 def _window_rss(sampler: TreeSampler, progress: list[tuple[float, int]], lo: int, hi: int) -> float:
     """Mean RSS of the samples taken while pages ``lo``..``hi`` were being done."""
     start = next(t for t, done in progress if done >= lo)
@@ -169,7 +194,8 @@ async def main() -> None:
     print(f"Chromium for trawl and bare Playwright: {chromium}")
     http_runs = 1 + E2E_HTTP_RUNS + 1  # scraper alone, end to end (text), end to end (html+text)
     http_end = http_runs * HTTP_PAGES
-    with site_process(http_end + 800 + 2 * BROWSER_PAGES) as base, backends() as settings:
+    latency_first = http_end + 800 + BROWSER_PAGES
+    with site_process(latency_first + LATENCY_JOBS) as base, backends() as settings:
         settings = settings.model_copy(
             update={
                 "domain_concurrency": max(HTTP_CONCURRENCY, BROWSER_CONCURRENCY),
@@ -197,6 +223,7 @@ async def main() -> None:
             "TRAWL_BROWSER_CONCURRENCY": str(BROWSER_CONCURRENCY),
         }
         async with cluster(settings, env) as running:
+            latency = await one_page_latency(running.gateway, page_urls(base, LATENCY_JOBS, first=latency_first))
             # Several runs, each beside the bare loop; the table shows the median run by ratio, and all are printed.
             runs = [
                 await bare.beside(_rate(end_to_end(running.gateway, next(http_urls), "http")))
@@ -231,6 +258,10 @@ async def main() -> None:
     print(f"{'path':<44}{'pages/s':>10}{'of baseline':>14}")
     for name, (value, baseline) in table.items():
         print(f"{name:<44}{value:>10.1f}{value / baseline:>13.0%}")
+    print(
+        f"one-page http job, POST to stored, {len(latency)} jobs one at a time: median {latency[len(latency) // 2]:.0f}"
+        f" ms, 90th percentile {latency[int(len(latency) * 0.9)]:.0f} ms"
+    )
     first = _window_rss(sampler, progress, 0, min(500, BROWSER_PAGES // 4))
     last = _window_rss(sampler, progress, BROWSER_PAGES - min(500, BROWSER_PAGES // 4), BROWSER_PAGES)
     print(f"scraper process tree over the {BROWSER_PAGES}-page browser run (Chromium included):")
