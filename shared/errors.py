@@ -5,6 +5,7 @@
     │   ├── FetchTimeout         (also a TimeoutError) the page did not answer within the job's timeout
     │   ├── HostUnreachable      (also a ConnectionError) refused or reset connections, unknown hosts   [retried]
     │   ├── CertificateInvalid   the site's TLS certificate failed verification (expired, self-signed, another host)
+    │   ├── InvalidResponse      the answer is not valid HTTP (status line, headers, chunks, an undecodable body)
     │   ├── HTTPStatusError      the site answered 4xx or 5xx                                 [429 and 5xx retried]
     │   ├── BodyTooLarge         the body is larger than the configured cap
     │   ├── NotAPage             the body is not text (a binary type, or bytes that decode in no charset)
@@ -45,6 +46,18 @@ def certificate_problem(exc: BaseException) -> str:
     certificate error or the ``ssl.SSLCertVerificationError`` inside it."""
     error = getattr(exc, "certificate_error", exc)
     return str(getattr(error, "verify_message", None) or error)
+
+
+class InvalidResponse(ScrapeError):
+    """Not retried: a server that answers in broken HTTP does so again."""
+
+
+def parser_message(message: str) -> str:
+    """aiohttp's parser error on one line: it spreads the offending bytes over several lines with a caret under
+    the fault, which reads badly in a job's error. Long enough to show what came, not a whole header."""
+    parts = [line.strip() for line in message.splitlines() if line.strip() and line.strip() != "^"]
+    text = " ".join(parts)
+    return text if len(text) <= 160 else text[:157] + "..."
 
 
 class HTTPStatusError(ScrapeError):

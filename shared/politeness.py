@@ -21,7 +21,7 @@ from protego import Protego
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from shared.errors import certificate_problem
+from shared.errors import certificate_problem, parser_message
 
 log = logging.getLogger(__name__)
 
@@ -397,6 +397,8 @@ class RobotsRules:
                 why = f"its TLS certificate is not valid: {certificate_problem(exc)}"
             elif isinstance(exc, aiohttp.ClientConnectorError | OSError):
                 why = f"cannot connect: {exc}"
+            elif isinstance(exc, aiohttp.ClientResponseError) and not isinstance(exc, aiohttp.TooManyRedirects):
+                why = f"it did not answer in valid HTTP: {parser_message(exc.message)}"
             else:
                 why = repr(exc)
             return _unreadable(why), ROBOTS_ERROR_TTL_S

@@ -217,6 +217,77 @@ async def test_an_invalid_tls_certificate_fails_at_once_with_the_reason(deps: De
     assert polite.outcome == "failed" and "its TLS certificate is not valid" in (polite.error or ""), polite.error
 
 
+# Answers no HTTP library should accept, written straight to the socket (the test site, being aiohttp, cannot).
+_HTML_OK = b"HTTP/1.1 200 OK\r\nContent-Type: text/html\r\n"
+_BROKEN_ANSWERS = {
+    "/not-http": b"HELLO THIS IS NOT HTTP\r\n\r\n",
+    "/bad-chunks": _HTML_OK + b"Transfer-Encoding: chunked\r\n\r\nZZZ\r\nhi\r\n0\r\n\r\n",
+    "/bad-gzip": _HTML_OK + b"Content-Encoding: gzip\r\nContent-Length: 8\r\n\r\nnot gzip",
+    "/cut-short": _HTML_OK + b"Content-Length: 1000\r\n\r\n<title>Cut</title><p>Cut short",
+    "/to-ftp": b"HTTP/1.1 302 Found\r\nLocation: ftp://127.0.0.1/file\r\nContent-Length: 0\r\n\r\n",
+    "/robots.txt": b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-Broken header\r\n\r\nhi",
+}
+
+
+@pytest.fixture(scope="module")
+async def broken_http() -> AsyncIterator[str]:
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        path = (await reader.readline()).split()[1].decode()
+        while (await reader.readline()) not in (b"\r\n", b""):
+            pass
+        writer.write(_BROKEN_ANSWERS[path])
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    yield f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    server.close()
+    await server.wait_closed()
+
+
+@pytest.mark.parametrize(
+    ("render", "path", "reason"),
+    [
+        ("http", "/not-http", "did not answer in valid HTTP: Bad status line: Expected HTTP/"),
+        ("http", "/bad-chunks", "did not answer in valid HTTP: Invalid character in chunk size: b'ZZZ'"),
+        ("http", "/bad-gzip", "is not valid gzip (its Content-Encoding)"),
+        ("http", "/to-ftp", "redirects to ftp://127.0.0.1/file, which is not an http or https URL"),
+        ("browser", "/not-http", "did not answer in valid HTTP: net::ERR_INVALID_HTTP_RESPONSE"),
+        # The tab gets these documents' headers, then never fires their load event: they must not wait it out.
+        ("browser", "/bad-chunks", "cannot be read: net::ERR_INVALID_CHUNKED_ENCODING"),
+        ("browser", "/bad-gzip", "cannot be read: net::ERR_CONTENT_DECODING_FAILED"),
+    ],
+)
+async def test_answers_in_broken_http_fail_at_once_with_what_was_wrong(
+    deps: Deps, site: LocalSite, broken_http: str, render: str, path: str, reason: str
+) -> None:
+    t0 = time.monotonic()
+    result = await scrape(deps, broken_http + path, render=render, respect_robots=False, timeout_s=20)
+    assert result.outcome == "failed" and result.retries == 0, result.error
+    assert reason in (result.error or ""), result.error
+    assert "\n" not in (result.error or "")
+    assert time.monotonic() - t0 < 10, "failed by its timeout, not by what was wrong"
+    # The tab left mid-load serves the next job.
+    after = await scrape(deps, site.url(f"/page/after-broken-{render}"), render=render)
+    assert after.outcome == "succeeded", after.error
+
+
+@pytest.mark.parametrize(
+    ("render", "reason"),
+    [("http", "broke: ClientPayloadError"), ("browser", "broke: net::ERR_CONTENT_LENGTH_MISMATCH")],
+)
+async def test_a_body_cut_short_is_retried(deps: Deps, broken_http: str, render: str, reason: str) -> None:
+    result = await scrape(deps, broken_http + "/cut-short", render=render, respect_robots=False, max_retries=1)
+    assert result.outcome == "failed" and result.retries == 1, result.error
+    assert reason in (result.error or ""), result.error
+
+
+async def test_a_robots_txt_in_broken_http_says_so(deps: Deps, broken_http: str) -> None:
+    result = await scrape(deps, broken_http + "/not-http", render="http")
+    assert result.outcome == "failed"
+    assert "robots.txt could not be read (it did not answer in valid HTTP: Invalid header" in (result.error or "")
+
+
 async def test_odd_and_legacy_charsets_are_decoded(deps: Deps, site: LocalSite) -> None:
     odd = await scrape(deps, site.url("/odd-charset"), render="http", formats=["text"])
     assert odd.outcome == "succeeded" and odd.title == "Größe" and "Köln" in (odd.text or "")

@@ -10,11 +10,13 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
+from typing import Any, cast
 
 import aiohttp
+from aiohttp.http_exceptions import ContentEncodingError
 from charset_normalizer import from_bytes
 from playwright.async_api import Error as PlaywrightError
-from playwright.async_api import Page
+from playwright.async_api import Page, Request, Response
 from playwright.async_api import TimeoutError as PlaywrightTimeout
 
 from shared.browser import BrowserPool, PageOptions
@@ -26,19 +28,22 @@ from shared.errors import (
     FetchTimeout,
     HostUnreachable,
     HTTPStatusError,
+    InvalidResponse,
     NotAPage,
     ScrapeError,
     certificate_problem,
+    parser_message,
 )
 from shared.extract import Extracted
 from shared.images import fit_screenshot
-from shared.queues import Format, ScrapeRequest
+from shared.queues import Format, ScrapeRequest, WaitUntil
 
 _TEXTUAL = ("text/", "application/xhtml+xml", "application/xml", "application/json", "application/ld+json")
 _META_CHARSET = re.compile(rb"""<meta[^>]+charset\s*=\s*["']?\s*([a-zA-Z0-9_.:-]+)""", re.IGNORECASE)
 _SPA_ROOT = re.compile(r"""<div[^>]+id\s*=\s*["']?(root|app|__next|__nuxt|svelte)["']?[^>]*>\s*</div>""", re.IGNORECASE)
 _SCRIPT_TAG = re.compile(r"<script", re.IGNORECASE)
 _CERT_ERROR = re.compile(r"net::ERR_CERT_[A-Z_]+")
+_INVALID_HTTP = re.compile(r"net::ERR_(INVALID_HTTP_RESPONSE|RESPONSE_HEADERS_TOO_BIG|INVALID_RESPONSE)\b")
 _NOSCRIPT_HINT = re.compile(r"<noscript[^>]*>[^<]*(enable|requires?)\s+javascript", re.IGNORECASE)
 # The page's HTML, and the HTTP status its document came with (0 where the browser does not say).
 _SERIALIZE = (
@@ -54,6 +59,26 @@ REFRESH_WAIT_MAX_S = 5.0
 _THIN_TEXT = 200
 # A page that sends the tab on after loading (a meta refresh, a script setting location) is followed this often.
 MAX_CLIENT_REDIRECTS = 5
+# Chromium's reasons for a connection that failed before an answer, and for a document whose body failed after its
+# headers: the first two cannot be read however often they are asked for, the others may go through next time.
+_CANNOT_CONNECT = (
+    "net::ERR_CONNECTION_REFUSED",
+    "net::ERR_NAME_NOT_RESOLVED",
+    "net::ERR_CONNECTION_RESET",
+    "net::ERR_CONNECTION_CLOSED",
+    "net::ERR_EMPTY_RESPONSE",
+)
+_UNREADABLE_BODY = ("net::ERR_CONTENT_DECODING_FAILED", "net::ERR_INVALID_CHUNKED_ENCODING")
+_BODY_FAILURES = (
+    *_UNREADABLE_BODY,
+    "net::ERR_CONTENT_LENGTH_MISMATCH",
+    "net::ERR_INCOMPLETE_CHUNKED_ENCODING",
+    "net::ERR_CONNECTION_RESET",
+    "net::ERR_CONNECTION_CLOSED",
+)
+# How long goto has, once its document's request failed, to report the failure itself (it does for failures before
+# the document arrived, at once).
+BODY_FAILURE_GRACE_S = 1.0
 
 
 @dataclass(slots=True)
@@ -152,7 +177,20 @@ async def fetch_http(shared: aiohttp.ClientSession, request: ScrapeRequest, max_
         raise CertificateInvalid(f"the TLS certificate of {url} is not valid: {certificate_problem(exc)}") from exc
     except aiohttp.ClientConnectorError as exc:
         raise HostUnreachable(f"cannot connect to {url}: {exc.os_error or exc}") from exc
-    except (aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError, aiohttp.ClientOSError) as exc:
+    except aiohttp.RedirectClientError as exc:
+        kind = "an http or https URL" if isinstance(exc, aiohttp.NonHttpUrlClientError) else "a valid URL"
+        raise ScrapeError(f"{url} redirects to {exc.args[0] if exc.args else '?'}, which is not {kind}") from exc
+    except aiohttp.ClientResponseError as exc:
+        # Raised by aiohttp's parser for an answer that is not HTTP (its status, 400, is aiohttp's, not the site's);
+        # the other causes (raise_for_status, TooManyRedirects above) do not arise here.
+        raise InvalidResponse(f"{url} did not answer in valid HTTP: {parser_message(exc.message)}") from exc
+    except aiohttp.ClientPayloadError as exc:
+        if isinstance(exc.__cause__, ContentEncodingError):
+            # "Can not decode content-encoding: gzip": not a broken connection, and the same body comes again
+            encoding = exc.__cause__.message.rpartition(": ")[2]
+            raise InvalidResponse(f"the body from {url} is not valid {encoding} (its Content-Encoding)") from exc
+        raise HostUnreachable(f"the connection to {url} broke: {type(exc).__name__}: {exc}") from exc
+    except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
         raise HostUnreachable(f"the connection to {url} broke: {type(exc).__name__}: {exc}") from exc
     except aiohttp.ClientError as exc:
         raise ScrapeError(f"fetching {url} failed: {type(exc).__name__}: {exc}") from exc
@@ -170,7 +208,7 @@ async def render_browser(pool: BrowserPool, request: ScrapeRequest, max_body: in
     try:
         # The page's own deadline comes first; this one catches a browser that stops answering altogether.
         async with asyncio.timeout(timeout_s + 5), pool.page(options) as page:
-            response = await page.goto(url, wait_until=request.wait_until.value, timeout=timeout_ms)
+            response = await _open(page, url, request.wait_until, timeout_ms)
             if response is None:
                 raise BrowserError(f"the browser got no response for {url}")
             if response.status >= 400:
@@ -205,8 +243,10 @@ async def render_browser(pool: BrowserPool, request: ScrapeRequest, max_body: in
         raise
     except PlaywrightError as exc:
         message = str(exc.message).splitlines()[0] if exc.message else repr(exc)
-        if "net::ERR_CONNECTION_REFUSED" in message or "net::ERR_NAME_NOT_RESOLVED" in message:
+        if any(code in message for code in _CANNOT_CONNECT):
             raise HostUnreachable(f"cannot connect to {url}: {message}") from exc
+        if invalid := _INVALID_HTTP.search(message):
+            raise InvalidResponse(f"{url} did not answer in valid HTTP: {invalid.group(0)}") from exc
         if cert := _CERT_ERROR.search(message):
             raise CertificateInvalid(f"the TLS certificate of {url} is not valid: {cert.group(0)}") from exc
         if "net::ERR_TOO_MANY_REDIRECTS" in message:
@@ -214,6 +254,38 @@ async def render_browser(pool: BrowserPool, request: ScrapeRequest, max_body: in
         if "Download is starting" in message:
             raise NotAPage(f"{url} is a file to download, not a page") from exc
         raise BrowserError(f"rendering {url} failed: {message}") from exc
+
+
+async def _open(page: Page, url: str, wait_until: WaitUntil, timeout_ms: float) -> Response | None:
+    """``page.goto``, except that a document whose body fails after its headers came (an undecodable
+    Content-Encoding, broken chunks, a connection cut short) fails the job at once with the browser's reason: the
+    tab never fires its load event then, and goto alone waited out the job's whole timeout."""
+    broke: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+
+    def on_failed(request: Request) -> None:
+        failure = request.failure or ""
+        if failure in _BODY_FAILURES and request.is_navigation_request() and request.frame == page.main_frame:
+            if not broke.done():
+                broke.set_result(failure)
+
+    page.on("requestfailed", on_failed)
+    opened = asyncio.ensure_future(page.goto(url, wait_until=wait_until.value, timeout=timeout_ms))
+    try:
+        await asyncio.wait([opened, cast("asyncio.Future[Any]", broke)], return_when=asyncio.FIRST_COMPLETED)
+        if not opened.done():
+            # A failure before the document arrived is goto's to report, and it does so at once.
+            await asyncio.wait([opened], timeout=BODY_FAILURE_GRACE_S)
+        if opened.done():
+            return opened.result()
+        failure = broke.result()
+        if failure in _UNREADABLE_BODY:
+            raise InvalidResponse(f"the body of {url} cannot be read: {failure}")
+        raise HostUnreachable(f"the connection to {url} broke: {failure}")
+    finally:
+        page.remove_listener("requestfailed", on_failed)
+        if not opened.done():
+            opened.cancel()
+            await asyncio.gather(opened, return_exceptions=True)
 
 
 async def _settled_html(page: Page, request: ScrapeRequest, deadline: float) -> tuple[str, int]:
