@@ -32,7 +32,8 @@ def build_app(hits: Counter[str]) -> web.Application:
     app = web.Application(middlewares=[web.middleware(count)])
 
     async def page(request: web.Request) -> web.Response:
-        return web.Response(text=PAGE.format(title=f"Page {request.match_info['n']}"), content_type="text/html")
+        n = request.match_info["n"]
+        return web.Response(text=PAGE.format(title=f"Page {n}"), content_type="text/html", headers={"X-Page": n})
 
     async def page_private(request: web.Request) -> web.Response:
         return web.Response(text="<title>private</title>", content_type="text/html")

@@ -66,6 +66,8 @@ async def test_pages_that_send_the_browser_on_are_read_where_they_land(deps: Dep
         assert moved.outcome == "succeeded", moved.error
         assert moved.final_url == site.url("/page/after-refresh") and moved.title == "Page after-refresh"
         assert moved.render_used == "browser" and moved.status_code == 200
+        # the landing page's own headers, not those of the page that sent the tab on
+        assert {k.lower(): v for k, v in (moved.headers or {}).items()}.get("x-page") == "after-refresh"
     assert "meta refresh" in (moved.render_reason or "")
     # A script that sends the tab on as the page loads: the page read is the one it went to.
     # (Reading it had failed every time: "Execution context was destroyed".)
@@ -73,6 +75,7 @@ async def test_pages_that_send_the_browser_on_are_read_where_they_land(deps: Dep
         hopped = await scrape(deps, site.url("/script-hop"), render="browser", formats=["text"])
         assert hopped.outcome == "succeeded", hopped.error
         assert hopped.final_url == site.url("/page/after-hop") and hopped.title == "Page after-hop"
+        assert (hopped.headers or {}).get("x-page") == "after-hop"
     # Sent on to an error page: the job fails with the status of the page it landed on.
     lost = await scrape(deps, site.url("/meta-refresh?to=/status/404"), render="browser", formats=["text"])
     assert lost.outcome == "failed" and f"HTTP 404 from {site.url('/status/404')}" in (lost.error or ""), lost.error

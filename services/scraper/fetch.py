@@ -207,8 +207,8 @@ async def render_browser(pool: BrowserPool, request: ScrapeRequest, max_body: in
     )
     try:
         # The page's own deadline comes first; this one catches a browser that stops answering altogether.
-        async with asyncio.timeout(timeout_s + 5), pool.page(options) as page:
-            response = await _open(page, url, request.wait_until, timeout_ms)
+        async with asyncio.timeout(timeout_s + 5), pool.page(options) as page, _Documents(page) as documents:
+            response = await documents.open(url, request.wait_until, timeout_ms)
             if response is None:
                 raise BrowserError(f"the browser got no response for {url}")
             if response.status >= 400:
@@ -219,14 +219,16 @@ async def render_browser(pool: BrowserPool, request: ScrapeRequest, max_body: in
             if request.wait_ms:
                 await page.wait_for_timeout(request.wait_ms)
             html, status = await _settled_html(page, request, deadline)
+            # Where the page sent the tab on after loading, the page it landed on is the one reported.
+            landing = documents.latest if documents.latest is not None and documents.latest.url == page.url else None
             if page.url == response.url or not status:
                 status = response.status
             elif status >= 400:  # the page sent the tab on to an error
                 raise HTTPStatusError(status, page.url)
             if len(html) > max_body:
                 raise BodyTooLarge(f"the rendered page is over the {max_body}-byte cap")
-            # The headers are those of the first response, where the page was sent on after loading.
-            fetched = Fetched(page.url, status, response.headers, html, html.encode())
+            headers = (landing or response).headers
+            fetched = Fetched(page.url, status, headers, html, html.encode())
             if Format.SCREENSHOT in request.formats:
                 png = await page.screenshot(full_page=request.full_page, type="png", timeout=timeout_ms)
                 shot = await asyncio.to_thread(
@@ -256,36 +258,54 @@ async def render_browser(pool: BrowserPool, request: ScrapeRequest, max_body: in
         raise BrowserError(f"rendering {url} failed: {message}") from exc
 
 
-async def _open(page: Page, url: str, wait_until: WaitUntil, timeout_ms: float) -> Response | None:
-    """``page.goto``, except that a document whose body fails after its headers came (an undecodable
-    Content-Encoding, broken chunks, a connection cut short) fails the job at once with the browser's reason: the
-    tab never fires its load event then, and goto alone waited out the job's whole timeout."""
-    broke: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+class _Documents:
+    """What the browser says about the tab's main-frame documents during one job: the response of the latest (a page
+    that sends the tab on is reported with its landing page's headers), and a failure of a document's body after its
+    headers came (an undecodable Content-Encoding, broken chunks, a connection cut short). The tab never fires its
+    load event then, and goto alone waited out the job's whole timeout."""
 
-    def on_failed(request: Request) -> None:
+    def __init__(self, page: Page) -> None:
+        self.page = page
+        self.latest: Response | None = None
+        self.broke: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+
+    async def __aenter__(self) -> _Documents:
+        self.page.on("response", self._on_response)
+        self.page.on("requestfailed", self._on_failed)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.page.remove_listener("response", self._on_response)
+        self.page.remove_listener("requestfailed", self._on_failed)
+
+    def _on_response(self, response: Response) -> None:
+        if response.frame == self.page.main_frame and response.request.is_navigation_request():
+            self.latest = response
+
+    def _on_failed(self, request: Request) -> None:
         failure = request.failure or ""
-        if failure in _BODY_FAILURES and request.is_navigation_request() and request.frame == page.main_frame:
-            if not broke.done():
-                broke.set_result(failure)
+        if failure in _BODY_FAILURES and request.is_navigation_request() and request.frame == self.page.main_frame:
+            if not self.broke.done():
+                self.broke.set_result(failure)
 
-    page.on("requestfailed", on_failed)
-    opened = asyncio.ensure_future(page.goto(url, wait_until=wait_until.value, timeout=timeout_ms))
-    try:
-        await asyncio.wait([opened, cast("asyncio.Future[Any]", broke)], return_when=asyncio.FIRST_COMPLETED)
-        if not opened.done():
-            # A failure before the document arrived is goto's to report, and it does so at once.
-            await asyncio.wait([opened], timeout=BODY_FAILURE_GRACE_S)
-        if opened.done():
-            return opened.result()
-        failure = broke.result()
-        if failure in _UNREADABLE_BODY:
-            raise InvalidResponse(f"the body of {url} cannot be read: {failure}")
-        raise HostUnreachable(f"the connection to {url} broke: {failure}")
-    finally:
-        page.remove_listener("requestfailed", on_failed)
-        if not opened.done():
-            opened.cancel()
-            await asyncio.gather(opened, return_exceptions=True)
+    async def open(self, url: str, wait_until: WaitUntil, timeout_ms: float) -> Response | None:
+        """``page.goto``, failing at once with the browser's reason when the document's body fails."""
+        opened = asyncio.ensure_future(self.page.goto(url, wait_until=wait_until.value, timeout=timeout_ms))
+        try:
+            await asyncio.wait([opened, cast("asyncio.Future[Any]", self.broke)], return_when=asyncio.FIRST_COMPLETED)
+            if not opened.done():
+                # A failure before the document arrived is goto's to report, and it does so at once.
+                await asyncio.wait([opened], timeout=BODY_FAILURE_GRACE_S)
+            if opened.done():
+                return opened.result()
+            failure = self.broke.result()
+            if failure in _UNREADABLE_BODY:
+                raise InvalidResponse(f"the body of {url} cannot be read: {failure}")
+            raise HostUnreachable(f"the connection to {url} broke: {failure}")
+        finally:
+            if not opened.done():
+                opened.cancel()
+                await asyncio.gather(opened, return_exceptions=True)
 
 
 async def _settled_html(page: Page, request: ScrapeRequest, deadline: float) -> tuple[str, int]:
