@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+from contextlib import AsyncExitStack
 from pathlib import Path
 
+import asyncpg
 import pytest
+from arq import Retry
 from arq.connections import ArqRedis, create_pool
 from arq.constants import job_key_prefix
 from redis.exceptions import RedisError
 
-from services.scraper.worker import STORE_GROUP, ResultSender
+from services.scraper.worker import STORE_GROUP, ResultSender, open_deps, scrape_page
 from shared.cluster import embedded_valkey
-from shared.queues import STORE_QUEUE, dumps, loads, redis_settings
+from shared.queues import STORE_QUEUE, ScrapeRequest, create_queue_pool, dumps, loads, redis_settings
 from shared.settings import Settings
 from tests.results import make_result
+from tests.site import LocalSite
 
 
 async def _queue(url: str) -> ArqRedis:
@@ -69,3 +73,26 @@ async def test_a_failed_hand_over_reaches_every_job_with_a_result_in_the_group(t
                 await handed
     finally:
         await queue.aclose()
+
+
+@pytest.mark.timeout(60)
+async def test_a_job_whose_results_cannot_be_handed_over_runs_again(
+    settings: Settings, site: LocalSite, pg: asyncpg.Pool, tmp_path: Path
+) -> None:
+    request = ScrapeRequest.model_validate({"url": site.url("/page/handed-over"), "render": "http"})
+    async with AsyncExitStack() as stack:
+        queue = await create_queue_pool(settings)
+        stack.push_async_callback(queue.aclose)
+        deps = await open_deps(stack, settings, queue, "handover-tests")
+        with embedded_valkey(tmp_path) as url:
+            gone = await _queue(url)
+        stack.push_async_callback(gone.aclose)
+        # The page is read, but the queue to storage is gone: the job asks arq to run it again...
+        ctx = {"deps": deps, "sender": ResultSender(gone), "job_id": "handover-test", "job_try": 1}
+        with pytest.raises(Retry):
+            await scrape_page(ctx, request.model_dump(mode="json"))
+        # ...and stays open in the ledger, so that the next run does it.
+        assert await pg.fetchval("SELECT status FROM jobs WHERE id = $1", request.id) == "running"
+        again = ctx | {"sender": ResultSender(queue), "job_try": 2}
+        assert await scrape_page(again, request.model_dump(mode="json")) == "1 scraped"
+        assert await pg.fetchval("SELECT attempts FROM jobs WHERE id = $1", request.id) == 2
