@@ -59,8 +59,7 @@ REFRESH_WAIT_MAX_S = 5.0
 _THIN_TEXT = 200
 # A page that sends the tab on after loading (a meta refresh, a script setting location) is followed this often.
 MAX_CLIENT_REDIRECTS = 5
-# Chromium's reasons for a connection that failed before an answer, and for a document whose body failed after its
-# headers: the first two cannot be read however often they are asked for, the others may go through next time.
+# Chromium's reasons for a connection that failed before any answer: retried, as over plain HTTP.
 _CANNOT_CONNECT = (
     "net::ERR_CONNECTION_REFUSED",
     "net::ERR_NAME_NOT_RESOLVED",
@@ -68,6 +67,8 @@ _CANNOT_CONNECT = (
     "net::ERR_CONNECTION_CLOSED",
     "net::ERR_EMPTY_RESPONSE",
 )
+# ...and for a document whose body failed after its headers came. An undecodable body comes back the same however
+# often it is asked for (not retried); a connection cut short may go through next time (retried).
 _UNREADABLE_BODY = ("net::ERR_CONTENT_DECODING_FAILED", "net::ERR_INVALID_CHUNKED_ENCODING")
 _BODY_FAILURES = (
     *_UNREADABLE_BODY,
