@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import binascii
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 from enum import StrEnum
 from typing import Any, Literal
@@ -74,6 +74,13 @@ class WaitUntil(StrEnum):
 DEFAULT_FORMATS = (Format.HTML, Format.TEXT, Format.LINKS, Format.METADATA)
 # A page's HTML body is kept (compressed, deduplicated) only when one of these is asked for.
 BODY_FORMATS = frozenset({Format.HTML, Format.RAW_HTML})
+
+
+def keeps_body(formats: Iterable[str]) -> bool:
+    """Whether a page read for ``formats`` keeps its HTML body."""
+    return not BODY_FORMATS.isdisjoint(formats)
+
+
 BROWSER_FORMATS = frozenset({Format.SCREENSHOT, Format.PDF})
 
 
@@ -204,7 +211,7 @@ class ScrapeResult(BaseModel):
 
     @property
     def keeps_body(self) -> bool:
-        return not BODY_FORMATS.isdisjoint(self.formats)
+        return keeps_body(self.formats)
 
     @property
     def text(self) -> str | None:

@@ -9,20 +9,20 @@ from pathlib import Path
 import asyncpg
 import pytest
 from arq import Retry
-from arq.connections import ArqRedis, create_pool
+from arq.connections import ArqRedis
 from arq.constants import job_key_prefix
 from redis.exceptions import RedisError
 
 from services.scraper.worker import STORE_GROUP, ResultSender, open_deps, scrape_page
 from shared.cluster import embedded_valkey
-from shared.queues import STORE_QUEUE, ScrapeRequest, create_queue_pool, dumps, loads, redis_settings
+from shared.queues import STORE_QUEUE, ScrapeRequest, create_queue_pool, loads
 from shared.settings import Settings
 from tests.results import make_result
 from tests.site import LocalSite
 
 
 async def _queue(url: str) -> ArqRedis:
-    return await create_pool(redis_settings(Settings(redis_url=url)), job_serializer=dumps, job_deserializer=loads)
+    return await create_queue_pool(Settings(redis_url=url))
 
 
 async def _store_groups(queue: ArqRedis) -> list[list[str]]:

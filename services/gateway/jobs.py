@@ -18,7 +18,7 @@ from services.gateway.state import CACHE, QUEUE, STORE, json_response, path_uuid
 from shared.backends import PG
 from shared.codecs import decompress
 from shared.pages import page_formats
-from shared.queues import BODY_FORMATS, Format, ScrapeRequest, enqueue_scrape
+from shared.queues import Format, ScrapeRequest, enqueue_scrape, keeps_body
 
 JOBS_SUBMITTED = Counter("trawl_gateway_jobs_submitted_total", "Jobs accepted by the gateway", ["render"])
 JOBS_FROM_CACHE = Counter("trawl_gateway_jobs_from_cache_total", "Jobs answered from a stored page")
@@ -161,7 +161,7 @@ async def page_in_formats(request: web.Request, page: dict[str, Any], formats: s
     kept = page_formats(page)
     out["formats"] = sorted(kept)
     if Format.RAW_HTML in formats or Format.HTML in formats:
-        html_packed = await request.app[STORE].body(page["content_hash"]) if not BODY_FORMATS.isdisjoint(kept) else None
+        html_packed = await request.app[STORE].body(page["content_hash"]) if keeps_body(kept) else None
         raw = decompress(html_packed).decode() if html_packed is not None else None
         if Format.RAW_HTML in formats:
             out["raw_html"] = raw

@@ -185,13 +185,11 @@ async def fetch_http(shared: aiohttp.ClientSession, request: ScrapeRequest, max_
         # Raised by aiohttp's parser for an answer that is not HTTP (its status, 400, is aiohttp's, not the site's);
         # the other causes (raise_for_status, TooManyRedirects above) do not arise here.
         raise InvalidResponse(f"{url} did not answer in valid HTTP: {parser_message(exc.message)}") from exc
-    except aiohttp.ClientPayloadError as exc:
+    except (aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError, aiohttp.ClientOSError) as exc:
         if isinstance(exc.__cause__, ContentEncodingError):
             # "Can not decode content-encoding: gzip": not a broken connection, and the same body comes again
             encoding = exc.__cause__.message.rpartition(": ")[2]
             raise InvalidResponse(f"the body from {url} is not valid {encoding} (its Content-Encoding)") from exc
-        raise HostUnreachable(f"the connection to {url} broke: {type(exc).__name__}: {exc}") from exc
-    except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
         raise HostUnreachable(f"the connection to {url} broke: {type(exc).__name__}: {exc}") from exc
     except aiohttp.ClientError as exc:
         raise ScrapeError(f"fetching {url} failed: {type(exc).__name__}: {exc}") from exc

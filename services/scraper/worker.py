@@ -33,7 +33,6 @@ from shared.observability import pg_check
 from shared.pages import CONNECTION_ERRORS, fail_jobs, rejection_from_payload
 from shared.politeness import DomainGate, RobotsRules
 from shared.queues import (
-    BODY_FORMATS,
     SCRAPE_PAGE,
     SCRAPE_PAGES,
     SCRAPE_QUEUE,
@@ -44,6 +43,7 @@ from shared.queues import (
     ScrapeResult,
     describe,
     enqueue_store,
+    keeps_body,
 )
 from shared.settings import Settings
 from shared.workers import build_worker, close_stack, open_ops_server
@@ -151,7 +151,7 @@ def _read(request: ScrapeRequest, fetched: Fetched, page: Extracted) -> dict[str
         "content_hash": content_hash(raw).hex(),
     }
     wanted = set(request.formats)
-    if not BODY_FORMATS.isdisjoint(wanted):
+    if keeps_body(wanted):
         fields["html_packed"] = compress(raw)
     if Format.TEXT in wanted:
         fields["text_packed"] = compress(page.text.encode())
